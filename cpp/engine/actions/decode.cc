@@ -1,0 +1,66 @@
+#include <chrono>
+#include <string>
+
+#include "engine/actions/actions.h"
+#include "json_util.h"
+
+namespace tvmlm {
+
+namespace {
+
+// Pages the running batch needs for one more token each.
+int64_t PagesNeeded(const EngineState& s) {
+  int64_t pages = 0;
+  for (const RequestPtr& r : s.running) {
+    if (!r->finished()) pages += s.kv.ExtraPages(r->seq_id, r->total_len());
+  }
+  return pages;
+}
+
+}  // namespace
+
+void DecodeAction(EngineState* s) {
+  // A lone request always fits: its length is capped by the KV capacity (max_sequence_length).
+  while (s->running.size() > 1 && PagesNeeded(*s) > s->kv.free_pages()) s->PreemptNewest();
+
+  std::vector<Request*> batch;
+  std::vector<int64_t> seq_ids;
+  std::vector<int32_t> tokens;
+  for (const RequestPtr& r : s->running) {
+    if (r->finished()) continue;
+    batch.push_back(r.get());
+    seq_ids.push_back(r->seq_id);
+    tokens.push_back(r->generated.back());  // the sampled token not yet in the KV cache
+    s->kv.SetLength(r->seq_id, r->total_len());
+  }
+  if (batch.empty()) return;
+
+  auto start = std::chrono::steady_clock::now();
+  Logits logits;
+  try {
+    logits = s->model().BatchDecode(seq_ids, tokens);
+  } catch (const std::exception& e) {
+    for (Request* r : batch) {
+      s->Finish(r, FinishReason::kError, std::string("decode failed: ") + e.what());
+    }
+    return;
+  }
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  s->metrics.decode_tokens += static_cast<int64_t>(seq_ids.size());
+  s->metrics.decode_seconds += seconds;
+  if (s->trace) {
+    json::Object ev;
+    ev.Set(tvm::ffi::String("event"), tvm::ffi::String("decode"));
+    ev.Set(tvm::ffi::String("batch_size"), static_cast<int64_t>(seq_ids.size()));
+    ev.Set(tvm::ffi::String("seconds"), seconds);
+    s->trace(json::Stringify(ev));
+  }
+
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Request* r = batch[i];
+    r->num_computed = r->total_len();
+    s->CommitToken(r, SampleToken(logits.row(i), logits.vocab, r->config, &r->rng));
+  }
+}
+
+}  // namespace tvmlm

@@ -1,0 +1,88 @@
+// ThreadedEngine: the Engine behind two background loops.
+//
+//   caller threads ── AddRequest/AbortRequest ──> request / abort queues ─┐
+//   step loop (RunBackgroundLoop):   take queues, Engine::Step, push deltas ─> delta queue
+//   stream-back loop:                take delta queue, call the stream callback
+//
+// Both loops sleep on condition variables when there is nothing to do. The step loop never
+// calls user code, so a slow or GIL-bound callback never stalls the model.
+#ifndef TVMLM_ENGINE_THREADED_ENGINE_H_
+#define TVMLM_ENGINE_THREADED_ENGINE_H_
+
+#include <dlpack/dlpack.h>
+#include <tvmlm/engine.h>
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace tvmlm {
+
+class ThreadedEngineImpl final : public ThreadedEngine {
+ public:
+  ~ThreadedEngineImpl() override;
+
+  void Init(const std::string& device, StreamCallback stream_callback,
+            TraceRecorder trace_recorder) override;
+  void Reload(const std::string& config_json) override;
+  void Unload() override;
+  void Reset() override;
+  void AddRequest(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                  const std::string& generation_config_json) override;
+  void AbortRequest(const std::string& request_id) override;
+  void RunBackgroundLoop() override;
+  void RunBackgroundStreamBackLoop() override;
+  void ExitBackgroundLoop() override;
+  std::string Metrics() override;
+
+ private:
+  /*! \brief Hand deltas to the stream-back loop. Takes mu_. */
+  void PushDeltas(std::vector<RequestDelta> deltas);
+  void PushTrace(std::string event_json);
+  /*! \brief Abort queued and in-flight requests. Caller holds engine_mu_. */
+  void AbortEverythingLocked();
+  /*! \brief Refresh the metrics snapshot and the "has work" flag. Caller holds engine_mu_. */
+  void PublishStateLocked();
+  /*! \brief One pass of the step loop with the queues taken from the callers. */
+  void StepOnce(std::deque<RequestPtr> requests, std::vector<std::string> aborts);
+
+  // Lock order: engine_mu_ before mu_. Neither is held while user callbacks run.
+
+  // mu_ guards the queues, the flags and the metrics snapshot (all cheap to touch).
+  std::mutex mu_;
+  std::condition_variable loop_cv_;    // wakes the step loop
+  std::condition_variable stream_cv_;  // wakes the stream-back loop
+  std::deque<RequestPtr> request_queue_;
+  std::vector<std::string> abort_queue_;
+  std::vector<RequestDelta> delta_queue_;
+  std::vector<std::string> trace_queue_;
+  /*! \brief Requests added and not yet finished, to reject duplicate ids. */
+  std::unordered_set<std::string> active_ids_;
+  bool exit_requested_ = false;
+  bool loop_running_ = false;
+  /*! \brief The step loop has exited and will push no more deltas. */
+  bool loop_finished_ = false;
+  /*! \brief The engine holds unfinished requests: keep stepping without new input. */
+  bool engine_has_work_ = false;
+  std::string metrics_json_ = "{\"loaded\": false}";
+
+  // engine_mu_ guards engine_; the step loop holds it for a whole step.
+  std::mutex engine_mu_;
+  std::unique_ptr<Engine> engine_;
+
+  // Set once by Init().
+  bool initialized_ = false;
+  DLDevice device_{kDLCPU, 0};
+  StreamCallback stream_callback_;
+  TraceRecorder trace_recorder_;
+};
+
+}  // namespace tvmlm
+
+#endif  // TVMLM_ENGINE_THREADED_ENGINE_H_

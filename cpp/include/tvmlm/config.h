@@ -1,0 +1,49 @@
+// Engine and generation configuration: plain structs, parsed from the JSON the Python layer sends.
+#ifndef TVMLM_CONFIG_H_
+#define TVMLM_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tvmlm {
+
+/*! \brief What `ThreadedEngine::Reload` needs: which package, and how much room to serve it. */
+struct EngineConfig {
+  /*! \brief Compiled model package directory (lib.so, params.safetensors, metadata.json). */
+  std::string model;
+  /*! \brief Most sequences decoded together; capped by the library's compiled max batch size. */
+  int64_t max_num_sequence = 4;
+  /*! \brief KV cache capacity in tokens, summed over all sequences. */
+  int64_t max_total_sequence_length = 8192;
+  /*! \brief Most tokens in one prefill call; capped by the library's compiled chunk size. */
+  int64_t prefill_chunk_size = 2048;
+  /*! \brief CPU threads for TVM kernels; 0 = every CPU this process may run on. */
+  int64_t num_threads = 0;
+
+  /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
+  static EngineConfig FromJSON(const std::string& json);
+};
+
+/*! \brief Per-request sampling and stopping rules. */
+struct GenerationConfig {
+  int64_t max_tokens = 16;
+  /*! \brief 0 = greedy. */
+  double temperature = 0.0;
+  double top_p = 1.0;
+  /*! \brief 0 = no top-k cut. */
+  int64_t top_k = 0;
+  /*! \brief Fixed seed for reproducible sampling; empty = nondeterministic. */
+  std::optional<uint64_t> seed;
+  std::vector<int32_t> stop_token_ids;
+  /*! \brief Keep generating past the model's end-of-sequence tokens. */
+  bool ignore_eos = false;
+
+  /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
+  static GenerationConfig FromJSON(const std::string& json);
+};
+
+}  // namespace tvmlm
+
+#endif  // TVMLM_CONFIG_H_

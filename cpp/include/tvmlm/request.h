@@ -1,0 +1,34 @@
+// What the engine streams back for each request.
+#ifndef TVMLM_REQUEST_H_
+#define TVMLM_REQUEST_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tvmlm {
+
+enum class FinishReason { kNotFinished, kStop, kLength, kAbort, kError };
+
+/*! \brief "stop", "length", "abort", "error"; "" while not finished. */
+const char* FinishReasonName(FinishReason reason);
+
+/*!
+ * \brief New output of one request since its previous delta. The last delta of a request has
+ * finish_reason != kNotFinished; none follows it.
+ */
+struct RequestDelta {
+  std::string request_id;
+  /*! \brief New tokens. A token that matched eos / stop_token_ids is not included. */
+  std::vector<int32_t> token_ids;
+  FinishReason finish_reason = FinishReason::kNotFinished;
+  /*! \brief Message when finish_reason == kError, else empty. */
+  std::string error;
+  int64_t prompt_tokens = 0;
+  /*! \brief Tokens generated so far, including a stopping token. */
+  int64_t completion_tokens = 0;
+};
+
+}  // namespace tvmlm
+
+#endif  // TVMLM_REQUEST_H_

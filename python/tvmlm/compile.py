@@ -1,0 +1,313 @@
+"""JIT compilation of a model into a cached package (docs/contracts.md, section 1).
+
+Cache layout under `cache_dir()` (TVMLM_CACHE_DIR, else the platform cache dir):
+
+    libs/<lib_key>/lib.so          compiled library: depends on config + target + options + versions
+    models/<model_key>/            package: lib.so (symlink), params.safetensors, metadata.json,
+                                   tokenizer files, manifest.json (written last)
+
+`model_key` adds the weights' fingerprint to `lib_key`, so two fine-tunes of one architecture share
+the compiled library. Entries are built in a temporary directory and renamed into place under a
+file lock: concurrent builders never see half-written entries, and a crash leaves only a temp dir.
+Computing the keys needs neither `import tvm` nor reading tensors: the warm path stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from . import __version__
+
+logger = logging.getLogger("tvmlm")
+
+PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json", "manifest.json")
+LIB_FILES = ("lib.so", "metadata.json", "manifest.json")
+PAGE_SIZE = 16
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar without tqdm's monitor thread (an Engine must not leave threads behind)."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
+    return tqdm.tqdm(**kwargs)
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TVMLM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tvmlm"))
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What changes the compiled library besides the model config and the target."""
+
+    dtype: str = "float32"
+    prefill_chunk_size: int | None = None  # None: the model's default
+    max_batch_size: int = 128
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "prefill_chunk_size": self.prefill_chunk_size, "max_batch_size": self.max_batch_size}
+
+
+def _tvm_version() -> str:
+    try:
+        return importlib_metadata.version("apache-tvm")
+    except importlib_metadata.PackageNotFoundError:  # a source build of TVM
+        return "unknown"
+
+
+def host_fingerprint() -> str:
+    """Identifies the host CPU's instruction set without importing tvm (for the cache key)."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].strip()
+                if model and flags:
+                    break
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return hashlib.sha256(f"{model}|{flags}".encode()).hexdigest()[:16]
+
+
+def target_key(device_kind: str, device_detail: str = "") -> dict[str, Any]:
+    """The part of the cache key that stands for the compile target."""
+    if device_kind == "cpu":
+        return {"kind": "llvm", "host": host_fingerprint(), "cores": os.cpu_count()}
+    return {"kind": device_kind, "detail": device_detail}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def weights_fingerprint(files: list[str]) -> str:
+    """Cheap identity of the weight files: names, sizes and a hash of their first and last MiB."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        p = Path(path)
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:24]
+
+
+def lib_key(hf_config: dict[str, Any], target: dict[str, Any], options: CompileOptions) -> str:
+    return _digest(
+        {
+            "config": hf_config,
+            "target": target,
+            "options": options.as_dict(),
+            "tvmlm": __version__,
+            "tvm": _tvm_version(),
+        }
+    )
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _entry_is_valid(directory: Path, key: str, files: tuple[str, ...]) -> bool:
+    manifest = _read_manifest(directory)
+    if manifest is None or manifest.get("key") != key:
+        return False
+    sizes = manifest.get("sizes", {})
+    for name in files:
+        path = directory / name
+        if name == "manifest.json":
+            continue
+        if not path.is_file() or path.stat().st_size != sizes.get(name):
+            return False
+    return True
+
+
+def _write_manifest(directory: Path, key: str, files: tuple[str, ...], extra: dict[str, Any]) -> None:
+    sizes = {name: (directory / name).stat().st_size for name in files if name != "manifest.json"}
+    manifest = {"key": key, "sizes": sizes, "created": time.time(), **extra}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Atomically move a finished entry into place, replacing a stale one."""
+    if final.exists() or final.is_symlink():
+        stale = final.with_name(final.name + f".stale-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.rename(tmp, final)
+
+
+@dataclass
+class Package:
+    """A compiled model package on disk, ready for `_core`."""
+
+    path: Path
+    metadata: dict[str, Any]
+    compiled: bool  # True when this call had to compile the library
+
+
+def prepare_package(
+    model_path: str | os.PathLike,
+    device_kind: str = "cpu",
+    device_detail: str = "",
+    options: CompileOptions | None = None,
+    *,
+    target: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Package:
+    """Return the cached package for a model, compiling and converting what is missing."""
+    from . import weights
+
+    options = options or CompileOptions()
+    loaded = weights.load(model_path)
+    tkey = target_key(device_kind, device_detail)
+    lkey = lib_key(loaded.config, tkey, options)
+    mkey = _digest({"lib": lkey, "weights": weights_fingerprint(loaded.source_files)})
+    root = cache_dir()
+    lib_dir = root / "libs" / lkey
+    pkg_dir = root / "models" / mkey
+    if _entry_is_valid(pkg_dir, mkey, PACKAGE_FILES) and _entry_is_valid(lib_dir, lkey, LIB_FILES):
+        return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=False)
+
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    compiled = False
+    with FileLock(str(root / "locks" / f"{lkey}.lock")):
+        if not _entry_is_valid(lib_dir, lkey, LIB_FILES):
+            _build_library(loaded.config, lib_dir, lkey, device_kind, target, options, progress)
+            compiled = True
+    with FileLock(str(root / "locks" / f"{mkey}.lock")):
+        if compiled or not _entry_is_valid(pkg_dir, mkey, PACKAGE_FILES):
+            _build_package(loaded, lib_dir, pkg_dir, mkey, progress)
+    return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=compiled)
+
+
+def _build_library(
+    hf_config: dict[str, Any],
+    lib_dir: Path,
+    key: str,
+    device_kind: str,
+    target: dict[str, Any] | None,
+    options: CompileOptions,
+    progress: bool,
+) -> None:
+    from .models import build_module
+
+    lib_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=lib_dir.parent))
+    try:
+        with progress_bar(total=3, desc="compile", unit="stage", disable=not progress) as bar:
+            t0 = time.perf_counter()
+            bar.set_postfix_str("export")
+            built = build_module(hf_config, device_kind, target, options)
+            bar.update()
+            bar.set_postfix_str("tvm.compile")
+            executable = built.compile()
+            bar.update()
+            bar.set_postfix_str("link")
+            executable.export_library(str(tmp / "lib.so"))
+            bar.update()
+        (tmp / "metadata.json").write_text(json.dumps(built.metadata, indent=1))
+        _write_manifest(tmp, key, LIB_FILES, {"seconds": time.perf_counter() - t0})
+        logger.info("compiled %s for %s in %.1f s", hf_config.get("architectures"), built.metadata["target"], time.perf_counter() - t0)
+        _publish(tmp, lib_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_package(loaded, lib_dir: Path, pkg_dir: Path, key: str, progress: bool, lib_file: Path | None = None) -> None:
+    from .models import convert_params
+
+    metadata = json.loads((lib_dir / "metadata.json").read_text())
+    pkg_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=pkg_dir.parent))
+    try:
+        os.symlink(lib_file or (lib_dir / "lib.so"), tmp / "lib.so")
+        convert_params(loaded, metadata, tmp / "params.safetensors", progress=progress)
+        loaded.tokenizer_dir(tmp)
+        for extra in ("bos_token_id", "eos_token_id"):
+            if extra in loaded.config:
+                metadata[extra] = loaded.config[extra]
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        _write_manifest(tmp, key, PACKAGE_FILES, {"source": [str(s) for s in loaded.source_files]})
+        _publish(tmp, pkg_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def package_with_library(model_path: str | os.PathLike, model_lib: str | os.PathLike, device_kind: str, *, progress: bool = True) -> Package:
+    """A package for `model_path` that uses a library compiled earlier (`Engine(model_lib=...)`).
+
+    The library must have been built by tvmlm for the same model shape and device kind: its
+    metadata.json (written beside every lib.so tvmlm builds) is checked against the model's config.
+    """
+    from . import weights
+    from .errors import ModelError
+
+    lib = Path(model_lib).expanduser().resolve()
+    meta_path = lib.parent / "metadata.json"
+    if not lib.is_file():
+        raise ModelError(f"model_lib={str(model_lib)!r} does not exist (expected a compiled lib.so)")
+    if not meta_path.is_file():
+        raise ModelError(f"model_lib={str(model_lib)!r} has no metadata.json beside it: it was not built by tvmlm")
+    metadata = json.loads(meta_path.read_text())
+    want_target = "llvm" if device_kind == "cpu" else device_kind
+    if metadata.get("target") != want_target:
+        raise ModelError(
+            f"model_lib={str(model_lib)!r} was built for target {metadata.get('target')!r}; "
+            f"device kind {device_kind!r} needs {want_target!r}"
+        )
+    loaded = weights.load(model_path)
+    cfg = loaded.config
+    expected = {
+        "vocab_size": cfg.get("vocab_size"),
+        "hidden_size": cfg.get("hidden_size"),
+        "num_hidden_layers": cfg.get("num_hidden_layers"),
+        "num_attention_heads": cfg.get("num_attention_heads"),
+        "num_key_value_heads": cfg.get("num_key_value_heads") or cfg.get("num_attention_heads"),
+        "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+        "intermediate_size": cfg.get("intermediate_size"),
+    }
+    mismatched = {k: (metadata.get(k), v) for k, v in expected.items() if metadata.get(k) != v}
+    if mismatched:
+        detail = ", ".join(f"{k}: library {a} vs model {b}" for k, (a, b) in mismatched.items())
+        raise ModelError(f"model_lib={str(model_lib)!r} was built for another model ({detail})")
+    key = _digest({"lib": str(lib), "lib_size": lib.stat().st_size, "weights": weights_fingerprint(loaded.source_files)})
+    root = cache_dir()
+    pkg_dir = root / "models" / f"ext-{key}"
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "locks" / f"ext-{key}.lock")):
+        if not _entry_is_valid(pkg_dir, f"ext-{key}", PACKAGE_FILES):
+            _build_package(loaded, lib.parent, pkg_dir, f"ext-{key}", progress, lib_file=lib)
+    return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=False)

@@ -1,0 +1,433 @@
+"""The blocking `Engine`: an eager constructor over the C++ threaded core, and OpenAI-style APIs.
+
+    with Engine("path/to/model", device="auto", mode="local") as engine:
+        engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+
+Construction does everything that can fail (validate, resolve, compile, tokenizer, threads, KV
+cache) so errors surface there, not at the first request. Requests go to the core's queue; the
+core's stream-back thread calls `_on_deltas`, which routes each delta to its request's
+`queue.Queue`, where the caller's thread (or iterator) waits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .config import MODES, EngineConfig, format_resolved_config, resolve_engine_config
+from .detokenizer import IncrementalDetokenizer, StopStringMatcher
+from .devices import Device, available_memory, resolve_device
+from .errors import ConfigError, EngineClosedError, ModelError, RequestError, TvmlmError
+from .tokenizer import Tokenizer
+
+logger = logging.getLogger("tvmlm")
+
+PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json")
+
+
+@dataclass
+class _Delta:
+    """A delta as the Python side sees it (also used for synthetic aborts on terminate)."""
+
+    token_ids: list[int]
+    finish_reason: str | None
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Output:
+    """One step of a request's output, as text."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _TextStream:
+    """Turns a request's token deltas into text deltas, honoring stop strings."""
+
+    detokenizer: IncrementalDetokenizer
+    stops: StopStringMatcher | None
+    finished: bool = False
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def feed(self, delta: _Delta) -> tuple[str, str | None]:
+        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        self.completion_tokens = delta.completion_tokens or self.completion_tokens + len(delta.token_ids)
+        text = self.detokenizer.add(delta.token_ids)
+        finish = delta.finish_reason
+        if finish is not None:
+            text += self.detokenizer.flush()
+        if self.stops is not None:
+            text = self.stops.feed(text)
+            if self.stops.stopped:
+                return text, "stop"
+            if finish is not None:
+                text += self.stops.flush()
+                if self.stops.stopped:
+                    finish = "stop"
+        return text, finish
+
+
+def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | None) -> tuple[Path, dict, bool]:
+    """Return (package dir, metadata, compiled?) for `model`, compiling when needed."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model={str(model)!r} does not exist; expected a Hugging Face model directory "
+            "(config.json + *.safetensors + tokenizer), a .gguf file, or a compiled tvmlm package"
+        )
+    if path.is_dir() and all((path / f).exists() for f in PACKAGE_FILES):
+        if model_lib is not None:
+            raise ConfigError(
+                f"model_lib={model_lib!r} was given, but model={str(model)!r} is already a compiled package "
+                "with its own lib.so; pass one or the other"
+            )
+        meta = json.loads((path / "metadata.json").read_text())
+        _check_target(meta, device, path / "lib.so")
+        return path, meta, False
+
+    from . import compile as compiler
+
+    try:
+        if model_lib is not None:
+            pkg = compiler.package_with_library(path, model_lib, device.kind)
+        else:
+            pkg = compiler.prepare_package(path, device.kind, _device_detail(device))
+    except (FileNotFoundError, NotImplementedError) as exc:
+        raise ModelError(str(exc)) from exc
+    except ValueError as exc:
+        if isinstance(exc, TvmlmError):
+            raise
+        raise ModelError(str(exc)) from exc
+    _check_target(pkg.metadata, device, pkg.path / "lib.so")
+    return pkg.path, pkg.metadata, pkg.compiled
+
+
+def _device_detail(device: Device) -> str:
+    if device.kind == "cuda":
+        from . import _core
+
+        return f"sm_{_core.device_compute_capability(device.index)}" if hasattr(_core, "device_compute_capability") else ""
+    return ""
+
+
+_TARGET_OF_KIND = {"cpu": "llvm", "cuda": "cuda", "metal": "metal", "vulkan": "vulkan"}
+
+
+def _check_target(meta: dict, device: Device, lib: Path) -> None:
+    want = _TARGET_OF_KIND[device.kind]
+    if meta.get("target") != want:
+        raise ModelError(
+            f"model library {str(lib)!r} was built for target {meta.get('target')!r}, "
+            f"but device {device} needs {want!r}; recompile for this device (leave model_lib=None)"
+        )
+
+
+class Engine:
+    """A loaded model behind the C++ threaded engine. See the module docstring."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        device: str = "auto",
+        *,
+        model_lib: str | None = None,
+        mode: str = "local",
+        engine_config: EngineConfig | None = None,
+    ) -> None:
+        self._closed = True  # until fully built: terminate()/__del__ must be safe on a half-made engine
+        self._threads: list[threading.Thread] = []
+        self._core = None
+        self._queues: dict[str, queue.Queue] = {}
+        self._queues_lock = threading.Lock()
+        self._counters = {"requests": 0, "errors": 0}
+        t0 = time.perf_counter()
+        # 1. validate the arguments before touching the disk.
+        if mode not in MODES:
+            raise ConfigError.bad_value("mode", mode, MODES)
+        if engine_config is not None and not isinstance(engine_config, EngineConfig):
+            raise ConfigError.bad_value("engine_config", engine_config, "a tvmlm.EngineConfig or None")
+        if model_lib is not None and not Path(model_lib).expanduser().is_file():
+            raise ModelError(f"model_lib={str(model_lib)!r} does not exist (expected a compiled lib.so)")
+        self.device = resolve_device(device)
+        # 2-3. resolve the model and compile (cached) when no library is given.
+        self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib)
+        self.model_name = Path(model).name
+        # 4. tokenizer and chat template.
+        self.tokenizer = Tokenizer(self.package_dir)
+        # Mode presets sized from the model and this device's memory; the user's fields win.
+        resolved, sources = resolve_engine_config(
+            mode, engine_config, self.metadata, self.device.kind, available_memory(self.device)
+        )
+        self.config = resolved
+        logger.info("engine config (%s on %s): %s", mode, self.device, format_resolved_config(resolved, sources))
+        # 5-7. the C++ core, its two loops, then the KV cache.
+        from . import _core
+
+        self._core = _core.ThreadedEngine()
+        # The core keeps the callback; a weak reference lets an abandoned Engine be collected.
+        self._core.init(str(self.device) if self.device.kind != "cpu" else "cpu:0", _make_callback(self), None)
+        self._threads = [
+            threading.Thread(target=self._core.run_background_loop, name="tvmlm-step-loop", daemon=True),
+            threading.Thread(target=self._core.run_background_stream_back_loop, name="tvmlm-stream-back", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._closed = False
+        try:
+            self._core.reload(json.dumps(resolved.core_config(str(self.package_dir))))
+        except BaseException as exc:
+            self.terminate()
+            if isinstance(exc, RuntimeError) and "memory" in str(exc).lower():
+                from .errors import OutOfMemoryError
+
+                raise OutOfMemoryError(str(exc)) from exc
+            raise
+        self.chat = _Chat(self)
+        self.completions = _Completions(self)
+        self.load_seconds = time.perf_counter() - t0
+        logger.info("engine ready in %.2f s (%s)", self.load_seconds, "compiled" if compiled else "cached library")
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.terminate()
+
+    def __del__(self) -> None:
+        try:
+            self.terminate()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def terminate(self) -> None:
+        """Abort in-flight requests, join the engine's threads and free its memory. Idempotent."""
+        if self._closed and not self._threads:
+            return
+        self._closed = True
+        core = self._core
+        if core is not None:
+            core.exit_background_loop()  # the core ends every pending request with "abort" first
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        self._threads = []
+        # Anything the core could not deliver: wake the waiters so no caller hangs.
+        with self._queues_lock:
+            pending = list(self._queues.items())
+            self._queues = {}
+        for _, q in pending:
+            q.put(_Delta([], "abort"))
+        if core is not None:
+            core.unload()
+            self._core = None
+
+    # ---- requests ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("this Engine has been terminated; create a new Engine")
+
+    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, queue.Queue]:
+        self._check_open()
+        context = int(self.metadata["context_window_size"])
+        if len(prompt_ids) == 0:
+            raise RequestError("the prompt is empty after tokenization; give at least one token")
+        if len(prompt_ids) >= context:
+            raise RequestError(
+                f"the prompt has {len(prompt_ids)} tokens, the model's context window is {context}; "
+                "shorten the prompt"
+            )
+        vocab = int(self.metadata["vocab_size"])
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        limit = min(context, self.config.max_total_sequence_length) - len(prompt_ids)
+        if limit <= 0:
+            raise RequestError(
+                f"the prompt has {len(prompt_ids)} tokens but max_total_sequence_length is "
+                f"{self.config.max_total_sequence_length}; shorten the prompt or raise it in EngineConfig"
+            )
+        generation["max_tokens"] = min(int(generation["max_tokens"]), limit)
+        request_id = uuid.uuid4().hex
+        q: queue.Queue = queue.Queue()
+        with self._queues_lock:
+            self._queues[request_id] = q
+        self._counters["requests"] += 1
+        try:
+            self._core.add_request(request_id, list(prompt_ids), json.dumps(generation))
+        except BaseException:
+            with self._queues_lock:
+                self._queues.pop(request_id, None)
+            raise
+        return request_id, q
+
+    def _on_deltas(self, deltas) -> None:
+        """Called by the core's stream-back thread (GIL held): route each delta to its queue."""
+        with self._queues_lock:
+            for d in deltas:
+                q = self._queues.get(d.request_id)
+                if q is None:
+                    continue  # the caller went away (aborted) and nobody is listening
+                q.put(_Delta(list(d.token_ids), d.finish_reason, d.error, d.prompt_tokens, d.completion_tokens))
+                if d.finish_reason is not None:
+                    del self._queues[d.request_id]
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request; its stream ends with finish_reason "abort"."""
+        if not self._closed and self._core is not None:
+            self._core.abort_request(request_id)
+
+    def _stream(self, request_id: str, q: queue.Queue, text_stream: _TextStream) -> Iterator[_Output]:
+        """Yield text outputs until the request finishes; abort it if the consumer stops early."""
+        done = False
+        try:
+            while True:
+                delta: _Delta = q.get()
+                if delta.finish_reason == "error":
+                    self._counters["errors"] += 1
+                    done = True
+                    raise RequestError(f"request failed in the engine: {delta.error}")
+                text, finish = text_stream.feed(delta)
+                if finish is not None:
+                    done = True
+                    if delta.finish_reason is None:  # a stop string ended it early: free its KV now
+                        self.abort(request_id)
+                    yield _Output(text, finish, text_stream.prompt_tokens, text_stream.completion_tokens)
+                    return
+                if text:
+                    yield _Output(text, None, text_stream.prompt_tokens, text_stream.completion_tokens)
+        finally:
+            if not done:
+                self.abort(request_id)
+
+    def _generate(self, prompt_ids: list[int], req: protocol._SamplingRequest) -> Iterator[_Output]:
+        generation = req.generation_config(
+            default_max_tokens=int(self.metadata["context_window_size"]),
+            stop_token_ids=[] if req.ignore_eos else self.tokenizer.eos_token_ids,
+        )
+        request_id, q = self._submit(prompt_ids, generation)
+        stream = _TextStream(
+            IncrementalDetokenizer(self.tokenizer.decode, prompt_ids),
+            StopStringMatcher(req.stop) if req.stop else None,
+        )
+        return self._stream(request_id, q, stream)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters: requests, tokens, prefill/decode tokens per second, KV use."""
+        self._check_open()
+        core = json.loads(self._core.metrics())
+        return {**core, "python_requests": self._counters["requests"], "python_errors": self._counters["errors"]}
+
+
+def _make_callback(engine: Engine):
+    ref = weakref.ref(engine)
+
+    def callback(deltas) -> None:
+        target = ref()
+        if target is not None:
+            target._on_deltas(deltas)
+
+    return callback
+
+
+class _ChatCompletions:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def create(self, *, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any):
+        """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks when stream."""
+        engine = self._engine
+        engine._check_open()
+        req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
+        rendered = engine.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
+        )
+        prompt_ids = engine.tokenizer.encode(rendered, add_special_tokens=False)
+        outputs = engine._generate(prompt_ids, req)
+        model = req.model or engine.model_name
+        if stream:
+            return _chat_chunks(outputs, model, req.include_usage)
+        text, finish, usage = _collect(outputs)
+        return protocol.build_chat_completion(model, text, finish, usage[0], usage[1])
+
+
+def _collect(outputs: Iterator[_Output]) -> tuple[str, str, tuple[int, int]]:
+    parts: list[str] = []
+    last = None
+    for out in outputs:
+        parts.append(out.text)
+        last = out
+    assert last is not None and last.finish_reason is not None
+    return "".join(parts), last.finish_reason, (last.prompt_tokens, last.completion_tokens)
+
+
+def _chat_chunks(outputs: Iterator[_Output], model: str, include_usage: bool):
+    chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
+    first = True
+    try:
+        for out in outputs:
+            if out.text or out.finish_reason is None or first:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text, role=first)
+                first = False
+            if out.finish_reason is not None:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=None, finish_reason=out.finish_reason)
+                if include_usage:
+                    yield protocol.build_chat_usage_chunk(chunk_id, model, created, out.prompt_tokens, out.completion_tokens)
+    finally:
+        outputs.close()  # aborts the request when the consumer stops early
+
+
+class _Chat:
+    def __init__(self, engine: Engine):
+        self.completions = _ChatCompletions(engine)
+
+
+class _Completions:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def create(self, *, prompt: str | list[int], stream: bool = False, **kwargs: Any):
+        """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
+        engine = self._engine
+        engine._check_open()
+        req = protocol.CompletionRequest.parse({"prompt": prompt, "stream": stream, **kwargs})
+        if isinstance(req.prompt, str):
+            prompt_ids = engine.tokenizer.encode(req.prompt, add_special_tokens=True)
+        else:
+            prompt_ids = list(req.prompt)
+        outputs = engine._generate(prompt_ids, req)
+        model = req.model or engine.model_name
+        if stream:
+            return _completion_chunks(outputs, model, req.include_usage)
+        text, finish, usage = _collect(outputs)
+        return protocol.build_completion(model, text, finish, usage[0], usage[1])
+
+
+def _completion_chunks(outputs: Iterator[_Output], model: str, include_usage: bool):
+    chunk_id, created = protocol.new_completion_id(), int(time.time())
+    try:
+        for out in outputs:
+            yield protocol.build_completion_chunk(chunk_id, model, created, out.text, out.finish_reason)
+            if out.finish_reason is not None and include_usage:
+                yield protocol.build_completion_usage_chunk(chunk_id, model, created, out.prompt_tokens, out.completion_tokens)
+    finally:
+        outputs.close()

@@ -1,0 +1,46 @@
+"""The Relax pipeline tvmlm compiles with: TVM's per-target passes plus our kernel schedules."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+
+def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    if target.kind.name == "llvm":
+        from tvm.relax.backend.cpu_generic import pipeline as tvm_pipeline
+
+        from .cpu_schedule import schedule_cpu_kernels
+
+        schedule = [schedule_cpu_kernels(target)]
+    elif target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline as tvm_pipeline
+        from tvm.s_tir import dlight as dl
+
+        schedule = [
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            )
+        ]
+    else:
+        raise ValueError(f"no tvmlm pipeline for target kind {target.kind.name!r}; supported: llvm, cuda")
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmlm_pipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            passes = [
+                # nn.Linear is matmul(x, permute_dims(w)): fuse it so weights are never transposed at run time.
+                relax.transform.FuseTransposeMatmul(),
+                *tvm_pipeline.library_dispatch_passes(target),
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                *schedule,
+                *tvm_pipeline.dataflow_lower_passes(target),
+                *tvm_pipeline.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline

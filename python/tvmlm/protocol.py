@@ -1,0 +1,513 @@
+"""OpenAI-shaped requests and responses.
+
+Requests (`ChatCompletionRequest`, `CompletionRequest`) validate the arguments of
+`engine.chat.completions.create(...)` / `engine.completions.create(...)`. Any problem raises
+`RequestError` whose message names each bad field, what it got and what is allowed; unknown fields
+are refused rather than ignored, so an unsupported option (tools, response_format, ...) never
+silently changes nothing.
+
+Responses (`ChatCompletion`, `ChatCompletionChunk`, `Completion`) have the field names and nesting
+of the `openai` package's types, so `openai.types.chat.ChatCompletion.model_validate(r.model_dump())`
+works, and read the same way (`r.choices[0].message.content`, `chunk.choices[0].delta.content`).
+
+finish_reason is one of "stop", "length", "abort", "error" (docs/contracts.md). The `openai`
+package's Literal has no "abort" or "error": its `model_validate` rejects those two, while its
+client, which builds response objects with the lenient `construct`, accepts them. So our field
+keeps the precise value instead of mapping it to a lie, and only stop/length dumps validate
+strictly. Streamed `Completion` chunks carry finish_reason None until the last one, which openai's
+`CompletionChoice` (a required Literal) also only accepts through `construct`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar, Literal, Mapping, Optional, Self, Sequence, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
+                      StrictStr, ValidationError, field_validator, model_validator)
+
+# StrictFloat takes ints (temperature=1) but not bools or numeric strings.
+
+from .errors import RequestError
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+MAX_STOP_STRINGS = 16
+#: Sampling values used when neither the request nor the model's generation defaults set one.
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+def _loc(loc: Sequence[Union[str, int]]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    where = _loc(err["loc"]) or "request"
+    kind, msg = err["type"], err["msg"]
+    if kind == "missing":
+        return f"{where}: is required"
+    if kind == "extra_forbidden":
+        return f"{where}: is not a supported field"
+    if kind == "value_error":  # our own validators: the message already quotes the value
+        return f"{where}: {msg.removeprefix('Value error, ')}"
+    return f"{where}: {msg} (got {err.get('input')!r})"
+
+
+def _request_error(what: str, exc: ValidationError) -> RequestError:
+    return RequestError(f"invalid {what}: " + "; ".join(_format_error(e) for e in exc.errors()))
+
+
+class _Strict(BaseModel):
+    """Refuses unknown fields, so an unsupported option is an error instead of a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Request(_Strict):
+    """Base of the top-level request models: raises RequestError instead of pydantic's error.
+
+    Only top-level models convert: nested ones (messages, parts) let pydantic collect their
+    errors under their path ("messages[0].role").
+    """
+
+    _kind: ClassVar[str] = "request"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _request_error(self._kind, exc) from None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Self:
+        """Validate a dict of request arguments (e.g. the kwargs of `create`).
+
+        Use this or the constructor; pydantic's `model_validate` skips the RequestError conversion.
+        """
+        if not isinstance(data, Mapping):
+            raise RequestError(f"invalid {cls._kind}: expected a mapping of fields, got {data!r}")
+        return cls(**dict(data))
+
+
+class TextContentPart(_Strict):
+    """A text part of a message's content list: {"type": "text", "text": "..."}."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class StreamOptions(_Strict):
+    """`stream_options`: include_usage adds a final chunk with usage and no choices."""
+
+    include_usage: StrictBool = False
+
+
+def _is_text_part(p: Any) -> bool:
+    return isinstance(p, TextContentPart) or (
+        isinstance(p, Mapping) and set(p) == {"type", "text"}
+        and p["type"] == "text" and isinstance(p["text"], str))
+
+
+class ChatMessage(_Strict):
+    """One chat message: role in system/user/assistant/tool, content a string or text parts."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Union[StrictStr, list[TextContentPart]]
+    name: Optional[StrictStr] = None
+    tool_call_id: Optional[StrictStr] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _check_content(cls, v: Any) -> Any:
+        # One clear message instead of pydantic's per-union-member errors.
+        if isinstance(v, str):
+            return v
+        if not (isinstance(v, list) and all(_is_text_part(p) for p in v)):
+            raise ValueError(
+                "must be a string or a list of {'type': 'text', 'text': <str>} parts "
+                f"(only text is supported), got {v!r}"
+            )
+        return v
+
+    @property
+    def text(self) -> str:
+        """The content as one string; text parts are joined with newlines (as vLLM does)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+def _check_range(v: Any, lo: float, hi: float | None, lo_open: bool = False) -> Any:
+    if v is None:
+        return v
+    below = v <= lo if lo_open else v < lo
+    if below or (hi is not None and v > hi):
+        left = "(" if lo_open else "["
+        allowed = f"in {left}{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+        raise ValueError(f"must be {allowed}, got {v!r}")
+    return v
+
+
+class _SamplingRequest(_Request):
+    """Fields shared by chat and text completion requests."""
+
+    model: Optional[StrictStr] = None
+    max_tokens: Optional[StrictInt] = None
+    temperature: Optional[StrictFloat] = None
+    top_p: Optional[StrictFloat] = None
+    top_k: Optional[StrictInt] = None
+    stop: list[str] = Field(default_factory=list)
+    seed: Optional[StrictInt] = None
+    stream: StrictBool = False
+    stream_options: Optional[StreamOptions] = None
+    n: StrictInt = 1
+    frequency_penalty: Optional[StrictFloat] = None
+    presence_penalty: Optional[StrictFloat] = None
+    ignore_eos: StrictBool = False
+    user: Optional[StrictStr] = None  # accepted for OpenAI compatibility; not used
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v: Any) -> Any:
+        return _check_range(v, 0, None)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: Any) -> Any:
+        return _check_range(v, 0, 2)
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: Any) -> Any:
+        return _check_range(v, 0, 1, lo_open=True)
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: Any) -> Any:
+        return _check_range(v, 0, None)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: Any) -> list[str]:
+        if v is None:
+            return []
+        stops = [v] if isinstance(v, str) else v
+        if (not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS
+                or not all(isinstance(s, str) and s for s in stops)):
+            raise ValueError(
+                f"must be a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty "
+                f"strings, got {v!r}"
+            )
+        return list(stops)
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        if v > 1:
+            raise ValueError(f"n > 1 is not supported yet (got {v}); use n=1")
+        if v < 1:
+            raise ValueError(f"must be 1, got {v}")
+        return v
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _penalty(cls, v: Any) -> Any:
+        if v not in (None, 0):
+            raise ValueError(f"is not supported yet: only 0 or null is accepted, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "_SamplingRequest":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream=True")
+        return self
+
+    def generation_config(
+        self,
+        default_max_tokens: int,
+        stop_token_ids: Sequence[int],
+        defaults: Mapping[str, Any] | None = None,
+    ) -> dict:
+        """The C++ core's generation config (docs/contracts.md `add_request`) for this request.
+
+        `default_max_tokens` applies when the request sets none (the engine passes what is left
+        of the context window); `defaults` (e.g. the model's generation_config.json values for
+        temperature/top_p/top_k) fill fields the request left unset, then DEFAULT_SAMPLING.
+        Stop *strings* are not in it: they are matched on text in Python (StopStringMatcher).
+        """
+        base = {**DEFAULT_SAMPLING, **(defaults or {})}
+
+        def pick(name: str) -> Any:
+            value = getattr(self, name)
+            return value if value is not None else base[name]
+
+        return {
+            "max_tokens": self.max_tokens if self.max_tokens is not None else default_max_tokens,
+            "temperature": float(pick("temperature")),
+            "top_p": float(pick("top_p")),
+            "top_k": int(pick("top_k")),
+            "seed": self.seed,
+            "stop_token_ids": [int(t) for t in stop_token_ids],
+            "ignore_eos": self.ignore_eos,
+        }
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed response ends with a usage-only chunk."""
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def _refuse_truthy(v: Any) -> Any:
+    if v not in (None, False):
+        raise ValueError(f"is not supported yet: only false or null is accepted, got {v!r}")
+    return v
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    """Arguments of `engine.chat.completions.create`.
+
+    `max_completion_tokens` (OpenAI's newer name) is folded into `max_tokens`.
+    """
+
+    _kind: ClassVar[str] = "chat completion request"
+    messages: list[ChatMessage]
+    max_completion_tokens: Optional[StrictInt] = None
+    logprobs: Optional[Any] = None
+    top_logprobs: Optional[Any] = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, v: Any) -> Any:
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"must be a non-empty list of messages, got {v!r}")
+        return v
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _logprobs(cls, v: Any) -> Any:
+        return _refuse_truthy(v)
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _max_completion_tokens(cls, v: Any) -> Any:
+        return _check_range(v, 0, None)
+
+    @model_validator(mode="after")
+    def _fold_max_completion_tokens(self) -> "ChatCompletionRequest":
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise ValueError(
+                    f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                    f"({self.max_completion_tokens}) disagree; set only one"
+                )
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+
+class CompletionRequest(_SamplingRequest):
+    """Arguments of `engine.completions.create`: `prompt` is a string or a list of token ids."""
+
+    _kind: ClassVar[str] = "completion request"
+    prompt: Union[StrictStr, list[StrictInt]]
+    echo: StrictBool = False
+    logprobs: Optional[Any] = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        is_ids = isinstance(v, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
+        if not ((isinstance(v, str) or is_ids) and len(v) > 0):
+            raise ValueError(
+                "must be a non-empty string or a non-empty list of token ids (ints >= 0), "
+                f"got {v!r}"
+            )
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, v: bool) -> bool:
+        return _refuse_truthy(v)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: Any) -> Any:
+        return _refuse_truthy(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+def new_chat_completion_id() -> str:
+    """A fresh chat completion id: "chatcmpl-<uuid4 hex>"."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def new_completion_id() -> str:
+    """A fresh text completion id: "cmpl-<uuid4 hex>"."""
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class CompletionUsage(BaseModel):
+    """Token counts; `extra` is tvmlm's extension (engine metrics such as timings), or None."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    extra: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int,
+           extra: Optional[dict[str, Any]] = None) -> "CompletionUsage":
+        """Usage with total_tokens = prompt_tokens + completion_tokens."""
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens, extra=extra)
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A whole chat completion (non-streaming response)."""
+
+    id: str = Field(default_factory=new_chat_completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ChoiceDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatCompletionChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: Optional[FinishReason] = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed piece of a chat completion; the usage chunk has no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Optional[FinishReason] = None  # None only in streamed chunks before the last
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    """A text completion, or (streaming) one chunk of it: OpenAI uses the same object for both."""
+
+    id: str = Field(default_factory=new_completion_id)
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+# Builders the engine calls: one per response kind, ids/created defaulted for whole responses and
+# passed in for stream chunks (every chunk of a stream shares the first one's id and created).
+
+def build_chat_completion(
+    model: str, text: str, finish_reason: FinishReason, prompt_tokens: int,
+    completion_tokens: int, *, id: str | None = None, created: int | None = None,
+    usage_extra: dict | None = None,
+) -> ChatCompletion:
+    """A finished chat completion with one choice and usage."""
+    return ChatCompletion(
+        id=id or new_chat_completion_id(), created=created if created is not None else _now(),
+        model=model,
+        choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=text),
+                                      finish_reason=finish_reason)],
+        usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
+    )
+
+
+def build_chat_chunk(
+    id: str, model: str, created: int, *, content: str | None = None, role: bool = False,
+    finish_reason: FinishReason | None = None,
+) -> ChatCompletionChunk:
+    """A content chunk; `role=True` marks the first chunk (delta.role = "assistant")."""
+    delta = ChoiceDelta(role="assistant" if role else None, content=content)
+    return ChatCompletionChunk(
+        id=id, created=created, model=model,
+        choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=finish_reason)],
+    )
+
+
+def build_chat_usage_chunk(
+    id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int,
+    usage_extra: dict | None = None,
+) -> ChatCompletionChunk:
+    """The final chunk of a stream with stream_options.include_usage: usage, no choices."""
+    return ChatCompletionChunk(id=id, created=created, model=model, choices=[],
+                               usage=CompletionUsage.of(prompt_tokens, completion_tokens,
+                                                        usage_extra))
+
+
+def build_completion(
+    model: str, text: str, finish_reason: FinishReason, prompt_tokens: int,
+    completion_tokens: int, *, id: str | None = None, created: int | None = None,
+    usage_extra: dict | None = None,
+) -> Completion:
+    """A finished text completion with one choice and usage."""
+    return Completion(
+        id=id or new_completion_id(), created=created if created is not None else _now(),
+        model=model, choices=[CompletionChoice(text=text, finish_reason=finish_reason)],
+        usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
+    )
+
+
+def build_completion_chunk(
+    id: str, model: str, created: int, text: str, finish_reason: FinishReason | None = None,
+) -> Completion:
+    """One streamed piece of a text completion."""
+    return Completion(id=id, created=created, model=model,
+                      choices=[CompletionChoice(text=text, finish_reason=finish_reason)])
+
+
+def build_completion_usage_chunk(
+    id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int,
+    usage_extra: dict | None = None,
+) -> Completion:
+    """The final usage-only piece of a streamed text completion (include_usage)."""
+    return Completion(id=id, created=created, model=model, choices=[],
+                      usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra))

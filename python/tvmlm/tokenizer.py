@@ -1,0 +1,109 @@
+"""Tokenizer: a `tokenizers.Tokenizer` (tokenizer.json) plus the chat template and stop tokens from
+the files beside it (tokenizer_config.json, generation_config.json, config.json, metadata.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import tokenizers
+
+from .chat_template import render_chat_template
+
+__all__ = ["Tokenizer"]
+
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _content(tok: Any) -> str | None:
+    # tokenizer_config.json may hold special tokens as serialized AddedToken dicts.
+    return tok.get("content") if isinstance(tok, dict) else tok
+
+
+def _as_list(v: Any) -> list[int]:
+    if v is None:
+        return []
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+
+class Tokenizer:
+    def __init__(self, tokenizer_dir: str | Path):
+        d = Path(tokenizer_dir)
+        tok_file = d / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {str(d)!r}")
+        self._tok = tokenizers.Tokenizer.from_file(str(tok_file))
+        cfg = _read_json(d / "tokenizer_config.json")
+        gen = _read_json(d / "generation_config.json")
+        model_cfg = _read_json(d / "config.json")
+        pkg_meta = _read_json(d / "metadata.json")  # compiled package (docs/contracts.md section 1)
+
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # named templates; "default" is the chat one
+            named = {t["name"]: t["template"] for t in template}
+            template = named.get("default") or next(iter(named.values()), None)
+        if not template and (d / "chat_template.jinja").is_file():
+            template = (d / "chat_template.jinja").read_text()
+        self.chat_template: str | None = template
+
+        # Passed to the template as variables, as transformers does (e.g. `{{ bos_token }}`).
+        self.special_tokens: dict[str, str] = {
+            k: v for k in _SPECIAL_KEYS if (v := _content(cfg.get(k))) is not None
+        }
+
+        bos = self.special_tokens.get("bos_token")
+        bos_id = self._tok.token_to_id(bos) if bos else None
+        for src in (gen, model_cfg, pkg_meta):
+            if bos_id is None and src.get("bos_token_id") is not None:
+                bos_id = int(src["bos_token_id"])
+        self.bos_token_id: int | None = bos_id
+
+        eos = self.special_tokens.get("eos_token")
+        eos_ids = [self._tok.token_to_id(eos)] if eos and self._tok.token_to_id(eos) is not None else []
+        # Models such as Llama-3-Instruct stop on several tokens listed only in generation_config.
+        for ids in (gen.get("eos_token_id"), model_cfg.get("eos_token_id"), pkg_meta.get("eos_token_ids")):
+            eos_ids += _as_list(ids)
+        self.eos_token_ids: list[int] = list(dict.fromkeys(eos_ids))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(token_id)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`. `add_special_tokens` applies the tokenizer's post-processor (e.g. a
+        BOS for Llama); pass False for text rendered by a chat template, which has them already."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Any],
+        add_generation_prompt: bool = True,
+        *,
+        tools: list[dict] | None = None,
+        **template_vars: Any,
+    ) -> str:
+        if not self.chat_template:
+            raise ValueError(
+                "this tokenizer has no chat template (tokenizer_config.json has no chat_template)"
+            )
+        return render_chat_template(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            **{**self.special_tokens, **template_vars},
+        )

@@ -1,0 +1,95 @@
+"""Shared fixtures: one compile cache per test run, each test model built and compiled once.
+
+TVMLM_TEST_CACHE_DIR, when set, keeps the compile cache across runs (handy locally); CI uses a
+fresh directory per run so every run exercises the cold path once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tvmlm_cache_dir(tmp_path_factory) -> Path:
+    """Point tvmlm's compile cache at a per-run directory (or TVMLM_TEST_CACHE_DIR)."""
+    path = Path(os.environ.get("TVMLM_TEST_CACHE_DIR") or tmp_path_factory.mktemp("tvmlm-cache"))
+    old = os.environ.get("TVMLM_CACHE_DIR")
+    os.environ["TVMLM_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TVMLM_CACHE_DIR", None)
+    else:
+        os.environ["TVMLM_CACHE_DIR"] = old
+
+
+# Tiny model variants used across test files: name -> make_hf_model kwargs.
+TINY_MODELS = {
+    "llama": dict(arch="llama"),
+    "llama-tied": dict(arch="llama", tie=True),
+    "qwen2": dict(arch="qwen2", tie=True),
+    "qwen3": dict(arch="qwen3"),
+    "mistral": dict(arch="mistral"),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: name in TINY_MODELS -> HF directory (built once per session)."""
+    from tiny_models import make_hf_model
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make_hf_model(out_dir=tmp_path_factory.mktemp(f"hf-{name}"), **TINY_MODELS[name])
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_model_dir, tvmlm_cache_dir):
+    """Factory: name -> compiled tvmlm package (tvmlm.compile.Package), compiled once per session."""
+    from tvmlm.compile import prepare_package
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = prepare_package(tiny_model_dir(name), "cpu", progress=False)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from tiny_models import smollm2_gguf_path
+
+    return Path(smollm2_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_path, tvmlm_cache_dir):
+    """One SmolLM2 engine shared by the tests that need the real model (4 sequences)."""
+    from tvmlm import Engine
+
+    engine = Engine(smollm2_path, device="cpu", mode="local")
+    yield engine
+    engine.terminate()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir, tvmlm_cache_dir):
+    """One engine on the tiny llama, shared by the API tests."""
+    from tvmlm import Engine, EngineConfig
+
+    engine = Engine(tiny_model_dir("llama"), device="cpu", engine_config=EngineConfig(max_num_sequence=8))
+    yield engine
+    engine.terminate()
