@@ -34,7 +34,8 @@ def _build_test_package(arch, root: Path):
     from transformers import AutoModelForCausalLM
 
     from tvmlm.compile import CompileOptions
-    from tvmlm.models import build_module, convert_params
+    from tvmlm.models.build import build_module
+    from tvmlm.models.convert import convert_params
 
     hf, pkg = root / f"hf-{arch}", root / f"pkg-{arch}"
     torch.manual_seed(0)

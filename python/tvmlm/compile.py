@@ -220,7 +220,7 @@ def _build_library(
     options: CompileOptions,
     progress: bool,
 ) -> None:
-    from .models import build_module
+    from .models.build import build_module
 
     lib_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=lib_dir.parent))
@@ -246,7 +246,7 @@ def _build_library(
 
 
 def _build_package(loaded, lib_dir: Path, pkg_dir: Path, key: str, progress: bool, lib_file: Path | None = None) -> None:
-    from .models import convert_params
+    from .models.convert import convert_params
 
     metadata = json.loads((lib_dir / "metadata.json").read_text())
     pkg_dir.parent.mkdir(parents=True, exist_ok=True)

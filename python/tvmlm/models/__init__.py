@@ -1,117 +1,12 @@
-"""Model definitions and the glue from an HF config to a compiled module.
+"""Model definitions. This package's top level imports no tvm: `build` (compile time) does.
 
-Importing this package imports tvm (slow, compile-time only): the engine's warm path never does.
+    llama_config.py   LlamaConfig: the numbers that shape the graph, from an HF config
+    llama.py          the relax.frontend.nn decoder (imports tvm)
+    convert.py        HF tensors -> params.safetensors in the compiled model's layout
+    build.py          export + tvm.compile (imports tvm)
+    pipeline.py, cpu_schedule.py   the compile pipeline and CPU kernel schedules
 """
 
-from __future__ import annotations
+from .llama_config import SUPPORTED_ARCHITECTURES, LlamaConfig
 
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from .. import __version__
-from .llama import SUPPORTED_ARCHITECTURES, LlamaConfig, LlamaForCausalLM, convert_hf_tensors
-
-__all__ = ["SUPPORTED_ARCHITECTURES", "build_module", "convert_params", "make_target"]
-
-
-def make_target(device_kind: str, target: dict[str, Any] | None = None):
-    """The TVM target for a device kind (JSON dict form: TVM 0.27 rejects target strings)."""
-    from tvm.target import Target, codegen
-
-    if target is not None:
-        return Target(target)
-    if device_kind == "cpu":
-        return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
-    if device_kind == "cuda":
-        from tvm import runtime
-
-        dev = runtime.cuda(0)
-        arch = "sm_" + dev.compute_version.replace(".", "")
-        return Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
-    raise ValueError(f"no compile target for device kind {device_kind!r}; supported: cpu, cuda")
-
-
-@dataclass
-class BuiltModule:
-    mod: Any  # tvm.IRModule
-    target: Any  # tvm.target.Target
-    metadata: dict[str, Any]
-
-    def compile(self):
-        import tvm
-
-        from .pipeline import relax_pipeline
-
-        return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
-
-
-def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
-    """Export the nn.Module for `hf_config` to a Relax IRModule with `_metadata` attached."""
-    import tvm
-    from tvm import relax
-
-    cfg = LlamaConfig.from_hf(hf_config)
-    cfg.dtype = options.dtype
-    cfg.max_batch_size = options.max_batch_size
-    if options.prefill_chunk_size:
-        cfg.prefill_chunk_size = options.prefill_chunk_size
-    tvm_target = make_target(device_kind, target)
-    model = LlamaForCausalLM(cfg)
-    with tvm_target:
-        mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
-    params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
-    dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.dtype]
-    metadata = {
-        "architecture": cfg.model_type,
-        "model_type": hf_config.get("model_type", cfg.model_type),
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "context_window_size": cfg.context_window_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "dtype": cfg.dtype,
-        "kv_dtype": cfg.dtype,
-        "prefill_chunk_size": cfg.prefill_chunk_size,
-        "max_batch_size": cfg.max_batch_size,
-        "target": str(tvm_target.kind.name),
-        "target_json": json.loads(json.dumps(dict(tvm_target.export()), default=str)),
-        "tvmlm_version": __version__,
-        "params": params,
-        "params_bytes": int(sum(int(np.prod(p["shape"])) * dtype_bytes for p in params)),
-    }
-    bb = relax.BlockBuilder(mod)
-    with bb.function("_metadata", params=[]):
-        bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    return BuiltModule(bb.finalize(), tvm_target, metadata)
-
-
-def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress: bool = True) -> None:
-    """Convert the model's HF tensors to the package's params.safetensors, checking every shape."""
-    from safetensors.numpy import save_file
-
-    from ..compile import progress_bar
-
-    cfg = LlamaConfig.from_hf(loaded.config)
-    expected = {p["name"]: p for p in metadata["params"]}
-    out: dict[str, np.ndarray] = {}
-    with progress_bar(total=len(expected), desc="convert weights", unit="tensor", disable=not progress) as bar:
-        for name, array in convert_hf_tensors(cfg, loaded.tensors()):
-            spec = expected.get(name)
-            if spec is None:
-                raise ValueError(f"weight {name!r} has no place in the {cfg.model_type} model")
-            if list(array.shape) != spec["shape"]:
-                raise ValueError(f"weight {name!r} has shape {list(array.shape)}, the model expects {spec['shape']}")
-            out[name] = np.ascontiguousarray(array.astype(spec["dtype"], copy=False))
-            bar.update()
-    missing = sorted(set(expected) - set(out))
-    if missing:
-        raise ValueError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    save_file(out, str(out_path))
+__all__ = ["SUPPORTED_ARCHITECTURES", "LlamaConfig"]

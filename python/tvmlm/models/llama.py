@@ -6,101 +6,17 @@ contract in docs/contracts.md: embed, prefill, decode, batch_prefill, batch_deco
 create_paged_kv_cache.
 
 Parameters use fused projections (qkv_proj, gate_up_proj) so a decode step runs two GEMVs per
-block instead of five; `convert_hf_tensors` maps Hugging Face names onto them.
+block instead of five; `convert.convert_hf_tensors` maps Hugging Face names onto them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Iterator
-from typing import Any
-
-import numpy as np
 from tvm import relax, te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
-
-
-@dataclasses.dataclass
-class LlamaConfig:
-    """The numbers that shape the graph, read from an HF-style config.json dict."""
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict[str, Any] | None
-    tie_word_embeddings: bool
-    attention_bias: bool
-    qk_norm: bool
-    context_window_size: int
-    prefill_chunk_size: int = 2048
-    max_batch_size: int = 128
-    dtype: str = "float32"
-
-    @staticmethod
-    def from_hf(config: dict[str, Any]) -> LlamaConfig:
-        archs = config.get("architectures") or []
-        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
-        if arch is None:
-            raise ValueError(
-                f"unsupported architecture {archs or config.get('model_type')!r}; "
-                f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-            )
-        family = SUPPORTED_ARCHITECTURES[arch]
-        heads = config["num_attention_heads"]
-        head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        rope_scaling = config.get("rope_scaling") or None
-        rope_theta = config.get("rope_theta")
-        # transformers >= 5 folds rope settings into `rope_parameters`.
-        rope_params = config.get("rope_parameters") or {}
-        if rope_theta is None:
-            rope_theta = rope_params.get("rope_theta", 10000.0)
-        if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
-            rope_scaling = dict(rope_params)
-        if rope_scaling is not None:
-            rope_scaling = dict(rope_scaling)
-            kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            if kind in (None, "default"):
-                rope_scaling = None
-            elif kind != "llama3":
-                raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: llama3")
-            else:
-                rope_scaling["rope_type"] = "llama3"
-        context = config.get("max_position_embeddings") or 4096
-        return LlamaConfig(
-            model_type=family,
-            vocab_size=config["vocab_size"],
-            hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_hidden_layers=config["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=config.get("num_key_value_heads") or heads,
-            head_dim=head_dim,
-            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_theta),
-            rope_scaling=rope_scaling,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=family == "qwen2" or bool(config.get("attention_bias", False)),
-            qk_norm=family == "qwen3",
-            context_window_size=int(context),
-            prefill_chunk_size=min(2048, int(context)),
-        )
-
+from .llama_config import LlamaConfig
 
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -285,39 +201,3 @@ def _current_target():
     if target is None:
         raise RuntimeError("create_paged_kv_cache must be exported inside `with Target(...)`")
     return target
-
-
-def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
-    """Map Hugging Face parameter names onto this module's (fused qkv and gate_up) names.
-
-    Consumes `(hf_name, array)` pairs one at a time, holding back only the pieces of a fused
-    weight until all of its parts have arrived, so peak memory stays near one layer.
-    """
-    pending: dict[str, dict[str, np.ndarray]] = {}
-    fused = {
-        "q_proj": ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
-        "k_proj": ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
-        "v_proj": ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
-        "gate_proj": ("gate_up_proj", ("gate_proj", "up_proj")),
-        "up_proj": ("gate_up_proj", ("gate_proj", "up_proj")),
-    }
-    for name, array in tensors:
-        if name == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        if "rotary_emb" in name:
-            continue
-        parts = name.split(".")
-        # e.g. model.layers.3.self_attn.q_proj.weight -> part "q_proj", kind "weight"
-        if len(parts) >= 3 and parts[-2] in fused:
-            target, members = fused[parts[-2]]
-            prefix = ".".join(parts[:-2])
-            key = f"{prefix}.{target}.{parts[-1]}"
-            group = pending.setdefault(key, {})
-            group[parts[-2]] = array
-            if all(m in group for m in members):
-                yield key, np.concatenate([group[m] for m in members], axis=0)
-                del pending[key]
-            continue
-        yield name, array
-    if pending:
-        raise ValueError(f"incomplete fused weights (missing parts): {sorted(pending)}")

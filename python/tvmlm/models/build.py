@@ -1,0 +1,88 @@
+"""From an HF config to a compiled module. Imports tvm: compile time only."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .llama import LlamaForCausalLM
+from .llama_config import LlamaConfig
+
+
+def make_target(device_kind: str, target: dict[str, Any] | None = None):
+    """The TVM target for a device kind (JSON dict form: TVM 0.27 rejects target strings)."""
+    from tvm.target import Target, codegen
+
+    if target is not None:
+        return Target(target)
+    if device_kind == "cpu":
+        return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
+    if device_kind == "cuda":
+        from tvm import runtime
+
+        dev = runtime.cuda(0)
+        arch = "sm_" + dev.compute_version.replace(".", "")
+        return Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+    raise ValueError(f"no compile target for device kind {device_kind!r}; supported: cpu, cuda")
+
+
+@dataclass
+class BuiltModule:
+    mod: Any  # tvm.IRModule
+    target: Any  # tvm.target.Target
+    metadata: dict[str, Any]
+
+    def compile(self):
+        import tvm
+
+        from .pipeline import relax_pipeline
+
+        return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
+
+
+def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
+    """Export the nn.Module for `hf_config` to a Relax IRModule with `_metadata` attached."""
+    import tvm
+    from tvm import relax
+
+    cfg = LlamaConfig.from_hf(hf_config)
+    cfg.dtype = options.dtype
+    cfg.max_batch_size = options.max_batch_size
+    if options.prefill_chunk_size:
+        cfg.prefill_chunk_size = options.prefill_chunk_size
+    tvm_target = make_target(device_kind, target)
+    model = LlamaForCausalLM(cfg)
+    with tvm_target:
+        mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
+    params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
+    dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.dtype]
+    metadata = {
+        "architecture": cfg.model_type,
+        "model_type": hf_config.get("model_type", cfg.model_type),
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "context_window_size": cfg.context_window_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "dtype": cfg.dtype,
+        "kv_dtype": cfg.dtype,
+        "prefill_chunk_size": cfg.prefill_chunk_size,
+        "max_batch_size": cfg.max_batch_size,
+        "target": str(tvm_target.kind.name),
+        "target_json": json.loads(json.dumps(dict(tvm_target.export()), default=str)),
+        "tvmlm_version": __version__,
+        "params": params,
+        "params_bytes": int(sum(int(np.prod(p["shape"])) * dtype_bytes for p in params)),
+    }
+    bb = relax.BlockBuilder(mod)
+    with bb.function("_metadata", params=[]):
+        bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+    return BuiltModule(bb.finalize(), tvm_target, metadata)
