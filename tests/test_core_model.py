@@ -1,9 +1,7 @@
 """`_core.Model` against transformers on tiny random-weight models (fp32, CPU)."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,73 +9,20 @@ import pytest
 from tvmlm import _core
 
 TOL = 1e-3
-ARCHS = ["llama", "qwen3"]
-
-
-def _tiny_hf_config(arch):
-    common = dict(vocab_size=611, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.2,
-                  bos_token_id=1, eos_token_id=2)
-    if arch == "llama":
-        from transformers import LlamaConfig
-        return LlamaConfig(head_dim=16, **common)
-    from transformers import Qwen3Config
-    return Qwen3Config(head_dim=32, **common)
-
-
-def _build_test_package(arch, root: Path):
-    """Make <root>/hf-<arch> (random weights) and <root>/pkg-<arch> (compiled) like the lead's
-    /work/testpkgs/make.py, for machines that do not have them prebuilt."""
-    import torch
-    from safetensors.numpy import load_file
-    from transformers import AutoModelForCausalLM
-
-    from tvmlm.compile import CompileOptions
-    from tvmlm.models.build import build_module
-    from tvmlm.models.convert import convert_params
-
-    hf, pkg = root / f"hf-{arch}", root / f"pkg-{arch}"
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(_tiny_hf_config(arch)).save_pretrained(hf)
-    config = json.loads((hf / "config.json").read_text())
-
-    class Loaded:
-        def __init__(self):
-            self.config = config
-
-        def tensors(self):
-            return iter(load_file(str(hf / "model.safetensors")).items())
-
-    built = build_module(config, "cpu", None, CompileOptions())
-    pkg.mkdir(parents=True, exist_ok=True)
-    built.compile().export_library(str(pkg / "lib.so"))
-    convert_params(Loaded(), built.metadata, pkg / "params.safetensors", progress=False)
-    (pkg / "metadata.json").write_text(json.dumps(built.metadata, indent=1))
-
-
-def test_package(arch, tmp_root: Path | None = None):
-    """(package dir, HF dir) for `arch`: $TVMLM_TEST_PACKAGES or /work/testpkgs, else built."""
-    root = Path(os.environ.get("TVMLM_TEST_PACKAGES", "/work/testpkgs"))
-    if not (root / f"pkg-{arch}" / "lib.so").exists():
-        assert tmp_root is not None, f"no test package for {arch} under {root}"
-        root = tmp_root
-        if not (root / f"pkg-{arch}" / "lib.so").exists():
-            _build_test_package(arch, root)
-    return root / f"pkg-{arch}", root / f"hf-{arch}"
-
-
-test_package.__test__ = False  # a helper, not a test
+# Every tiny variant of conftest.TINY_MODELS: Llama (untied, tied), Qwen2 (bias), Qwen3 (q/k norm),
+# Mistral (explicit head_dim); all with the odd vocabulary size 611.
+ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral"]
 
 
 @pytest.fixture(scope="session", params=ARCHS)
-def pair(request, tmp_path_factory):
-    return test_package(request.param, tmp_path_factory.mktemp("pkgs"))
+def pair(request, tiny_package, tiny_model_dir):
+    """(compiled package dir, HF dir) of a tiny random model, compiled once per session."""
+    return tiny_package(request.param).path, tiny_model_dir(request.param)
 
 
 @pytest.fixture(scope="session")
-def llama_pkg(tmp_path_factory):
-    return test_package("llama", tmp_path_factory.mktemp("pkgs"))[0]
+def llama_pkg(tiny_package):
+    return tiny_package("llama").path
 
 
 def hf_model(hf_dir):

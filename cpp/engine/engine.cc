@@ -85,6 +85,8 @@ std::string Engine::MetricsJSON() const {
   set("preemptions", m.preemptions);
   set("kv_tokens_used", state_.kv.used_tokens());
   set("kv_tokens_total", state_.kv.capacity_tokens());
+  set("kv_pages_used", state_.kv.total_pages() - state_.kv.free_pages());
+  set("kv_pages_total", state_.kv.total_pages());
   set("max_num_sequence", state_.max_num_sequence);
   set("prefill_chunk_size", state_.prefill_chunk_size);
   set("max_sequence_length", state_.max_sequence_length);

@@ -172,6 +172,13 @@ void ThreadedEngineImpl::StepOnce(std::deque<RequestPtr> requests,
 }
 
 void ThreadedEngineImpl::RunBackgroundStreamBackLoop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stream_loop_running_) {
+      throw std::runtime_error("run_background_stream_back_loop is already running");
+    }
+    stream_loop_running_ = true;
+  }
   for (;;) {
     std::vector<RequestDelta> deltas;
     std::vector<std::string> traces;
@@ -181,7 +188,10 @@ void ThreadedEngineImpl::RunBackgroundStreamBackLoop() {
         return !delta_queue_.empty() || !trace_queue_.empty() ||
                (exit_requested_ && loop_finished_);
       });
-      if (delta_queue_.empty() && trace_queue_.empty()) break;  // exit, everything delivered
+      if (delta_queue_.empty() && trace_queue_.empty()) {  // exit, everything delivered
+        stream_loop_running_ = false;
+        break;
+      }
       deltas.swap(delta_queue_);
       traces.swap(trace_queue_);
     }

@@ -66,6 +66,7 @@ class ThreadedEngineImpl final : public ThreadedEngine {
   std::unordered_set<std::string> active_ids_;
   bool exit_requested_ = false;
   bool loop_running_ = false;
+  bool stream_loop_running_ = false;
   /*! \brief The step loop has exited and will push no more deltas. */
   bool loop_finished_ = false;
   /*! \brief The engine holds unfinished requests: keep stepping without new input. */

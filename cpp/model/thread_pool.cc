@@ -6,6 +6,7 @@
 #include <tvm/ffi/string.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 #include <vector>
@@ -19,6 +20,16 @@ namespace {
 // threading::ThreadGroup::AffinityMode::kSpecifyThreadShareAllCore: every worker may run on any
 // of the CPUs we pass, i.e. no pinning beyond what the process already has.
 constexpr int kShareAllCores = -3;
+
+// TVM's pool workers busy-wait (sched_yield) for TVM_THREAD_POOL_SPIN_COUNT iterations after
+// each job before sleeping; the default 300000 keeps two cores busy for ~0.2-0.5 s after every
+// engine step, so an idle engine would not be idle. 10000 (~5 ms) still bridges the gaps between
+// the kernels of a step and between consecutive steps. An explicit user setting wins. Done at load
+// time: TVM reads the variable once, when the first worker starts, and setenv must not race with
+// threads calling getenv.
+const bool kSpinCountDefaulted = [] {
+  return setenv("TVM_THREAD_POOL_SPIN_COUNT", "10000", /*overwrite=*/0) == 0;
+}();
 
 std::vector<int> AllowedCpus() {
   std::vector<int> cpus;

@@ -3,31 +3,49 @@
     from tvmlm import Engine
     with Engine("path/to/model") as engine:
         engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+
+The names below load on first use, so `import tvmlm._core` (the C++ core alone, as the GPU check
+and C++-only tools use it) needs none of the Python API's dependencies.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .config import EngineConfig  # noqa: E402
-from .engine import Engine  # noqa: E402
-from .errors import (  # noqa: E402
-    ConfigError,
-    DeviceError,
-    EngineClosedError,
-    ModelError,
-    OutOfMemoryError,
-    RequestError,
-    TvmlmError,
-)
+_LAZY = {
+    "Engine": ".engine",
+    "EngineConfig": ".config",
+    "ConfigError": ".errors",
+    "DeviceError": ".errors",
+    "EngineClosedError": ".errors",
+    "ModelError": ".errors",
+    "OutOfMemoryError": ".errors",
+    "RequestError": ".errors",
+    "TvmlmError": ".errors",
+}
 
-__all__ = [
-    "ConfigError",
-    "DeviceError",
-    "Engine",
-    "EngineClosedError",
-    "EngineConfig",
-    "ModelError",
-    "OutOfMemoryError",
-    "RequestError",
-    "TvmlmError",
-    "__version__",
-]
+__all__ = [*_LAZY, "__version__"]
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
+    from .engine import Engine
+    from .errors import (
+        ConfigError,
+        DeviceError,
+        EngineClosedError,
+        ModelError,
+        OutOfMemoryError,
+        RequestError,
+        TvmlmError,
+    )
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tvmlm' has no attribute {name!r}")

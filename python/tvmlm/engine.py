@@ -121,6 +121,18 @@ def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | 
     return pkg.path, pkg.metadata, pkg.compiled
 
 
+def _sampling_defaults(package_dir: Path) -> dict[str, Any]:
+    """temperature/top_p/top_k from the model's generation_config.json, when it sets them (as vLLM
+    does; `do_sample` is ignored, so an unset temperature stays OpenAI's default of 1.0)."""
+    try:
+        gen = json.loads((package_dir / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(gen, dict):
+        return {}
+    return {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), (int, float))}
+
+
 def _device_detail(device: Device) -> str:
     if device.kind == "cuda":
         from . import _core
@@ -171,8 +183,10 @@ class Engine:
         # 2-3. resolve the model and compile (cached) when no library is given.
         self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib)
         self.model_name = Path(model).name
-        # 4. tokenizer and chat template.
+        # 4. tokenizer and chat template; the model's own sampling defaults (generation_config.json)
+        # apply to fields a request leaves unset, as in transformers and vLLM.
         self.tokenizer = Tokenizer(self.package_dir)
+        self.sampling_defaults = _sampling_defaults(self.package_dir)
         # Mode presets sized from the model and this device's memory; the user's fields win.
         resolved, sources = resolve_engine_config(
             mode, engine_config, self.metadata, self.device.kind, available_memory(self.device)
@@ -323,6 +337,7 @@ class Engine:
         generation = req.generation_config(
             default_max_tokens=int(self.metadata["context_window_size"]),
             stop_token_ids=[] if req.ignore_eos else self.tokenizer.eos_token_ids,
+            defaults=self.sampling_defaults,
         )
         request_id, q = self._submit(prompt_ids, generation)
         stream = _TextStream(

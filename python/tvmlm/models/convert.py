@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,16 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
     """Convert the model's HF tensors to the package's params.safetensors, checking every shape."""
     from safetensors.numpy import save_file
 
-    from ..compile import progress_bar
-
     cfg = LlamaConfig.from_hf(loaded.config)
     expected = {p["name"]: p for p in metadata["params"]}
     out: dict[str, np.ndarray] = {}
-    with progress_bar(total=len(expected), desc="convert weights", unit="tensor", disable=not progress) as bar:
+    if progress:
+        from ..compile import progress_bar  # tqdm (+ compile's filelock): only when a bar is shown
+
+        bar_cm = progress_bar(total=len(expected), desc="convert weights", unit="tensor")
+    else:
+        bar_cm = contextlib.nullcontext(_NoBar())
+    with bar_cm as bar:
         for name, array in convert_hf_tensors(cfg, loaded.tensors()):
             spec = expected.get(name)
             if spec is None:
@@ -69,3 +74,8 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
     if missing:
         raise ValueError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     save_file(out, str(out_path))
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass

@@ -84,6 +84,10 @@ class LlamaForCausalLM(nn.Module):
         self.model = Decoder(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.dtype != "float32":
+            # nn modules create float32 parameters; activations and the KV cache follow the
+            # parameters' dtype (rms_norm and attention accumulate in float32 internally).
+            self.to(cfg.dtype)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.cfg.tie_word_embeddings:

@@ -18,6 +18,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         from tvm.s_tir import dlight as dl
 
         schedule = [
+            _opt_out_of_tensor_cores(),
             dl.ApplyDefaultSchedule(
                 dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
             )
@@ -44,3 +45,17 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def _opt_out_of_tensor_cores() -> tvm.transform.Pass:
+    """Mark every PrimFunc `dlight.do_not_tensorize`: dlight's tensor-core matmul (float16 on
+    sm_70+) segfaults inside s_tir Tensorize in TVM 0.27.0.post1, so matmuls take the SIMT path."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmlm_no_tensorize")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, tvm.tirx.PrimFunc):
+                mod[gv] = func.with_attr("dlight.do_not_tensorize", True)
+        return mod
+
+    return _pass

@@ -1,0 +1,477 @@
+"""The GPU check: tvmlm._core on CUDA vs transformers, parity and speed (see README.md here).
+
+    python tools/gpu_check/check.py [--device cuda|cpu] [--models DIR] [--out DIR] [--quick]
+
+Without --stage it is the driver: it runs each stage below in its own subprocess (a crash or hang
+in one is reported and the others still run), then prints a table and writes <out>/gpu_check.json.
+Stages: prepare (random HF weights -> packages), parity_tiny, parity_f16, core_speed,
+engine_speed, hf_speed. Needs numpy, safetensors, torch, transformers and an importable
+tvmlm._core; never imports tvm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+# An editable install of tvmlm (scikit-build-core) would shadow the PYTHONPATH package run.sh built.
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY, F16 = "tiny-llama-f32", "smollm2-shape-f16"
+PEAK_BW = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}  # bytes/s
+STAGES = {  # name -> timeout (s) on the GPU machine; the CPU dry run gets 20x
+    "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "core_speed": 90, "engine_speed": 120, "hf_speed": 90,
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def core_device(args) -> str:
+    return "cuda:0" if args.device == "cuda" else "cpu:0"
+
+
+def torch_device(args):
+    import torch
+
+    return torch.device("cuda:0" if args.device == "cuda" else "cpu")
+
+
+def sync(args) -> None:
+    if args.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def rand_prompt(rng, vocab: int, n: int) -> list[int]:
+    return rng.integers(3, vocab, size=n).tolist()
+
+
+def hf_model(args, name: str):
+    """transformers model on the check's device from <work>/hf-<name> (made by `prepare`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if name == TINY else torch.float16
+    model = AutoModelForCausalLM.from_pretrained(str(args.work / f"hf-{name}"), dtype=dtype)
+    return model.to(torch_device(args)).eval()
+
+
+def new_core_model(args, name: str, batch: int = 8, total: int = 4096, chunk: int = 1024):
+    from tvmlm import _core
+
+    m = _core.Model(str(args.work / f"pkg-{name}"), core_device(args), args.threads)
+    m.create_kv_cache(batch, total, chunk)
+    return m
+
+
+def core_greedy(m, seq_id: int, prompt: list[int], steps: int):
+    import numpy as np
+
+    logits = [m.prefill([seq_id], [prompt])[0]]
+    tokens = [int(np.argmax(logits[-1]))]
+    for _ in range(steps):
+        logits.append(m.decode([seq_id], [tokens[-1]])[0])
+        tokens.append(int(np.argmax(logits[-1])))
+    return np.stack(logits), tokens
+
+
+def hf_greedy(args, model, prompt: list[int], steps: int):
+    """Last-token logits after the prompt and each greedy token (whole sequence recomputed)."""
+    import numpy as np
+    import torch
+
+    logits, tokens, seq = [], [], list(prompt)
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            row = model(torch.tensor([seq], device=torch_device(args))).logits[0, -1].float().cpu().numpy()
+            logits.append(row)
+            tokens.append(int(np.argmax(row)))
+            seq.append(tokens[-1])
+    return np.stack(logits), tokens
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages (each returns a JSON-able dict)
+
+
+def stage_prepare(args) -> dict:
+    """Random-weight HF models from the carried config.json (seeded) -> tvmlm packages."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from tvmlm import weights
+    from tvmlm.models.convert import convert_params
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}
+    if args.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    from tvmlm import _core
+
+    out["core_module"] = _core.__file__
+    out["core_device_exists"] = bool(_core.device_exists(args.device, 0))
+    for name in (TINY, F16):
+        t0 = time.time()
+        src, hf, pkg = args.models / name, args.work / f"hf-{name}", args.work / f"pkg-{name}"
+        config = json.loads((src / "config.json").read_text())
+        hf.mkdir(parents=True, exist_ok=True)
+        (hf / "config.json").write_text(json.dumps(config))
+        cfg = transformers.AutoConfig.from_pretrained(str(hf))
+        rope_theta = config.get("rope_theta") or config["rope_parameters"]["rope_theta"]
+        cfg.rope_theta = rope_theta  # transformers 4.x and 5.x keep it in different places
+        if isinstance(getattr(cfg, "rope_parameters", None), dict):
+            cfg.rope_parameters["rope_theta"] = rope_theta
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        if name == TINY:  # as tests/tiny_models.make_hf_model: norms randomized too
+            with torch.no_grad():
+                for pname, p in model.named_parameters():
+                    if pname.endswith("norm.weight"):
+                        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        dtype = torch.float32 if name == TINY else torch.float16
+        model.to(dtype).save_pretrained(str(hf), safe_serialization=True)
+        pkg.mkdir(parents=True, exist_ok=True)
+        for f in ("lib.so", "metadata.json"):
+            shutil.copyfile(src / f, pkg / f)
+        metadata = json.loads((src / "metadata.json").read_text())
+        convert_params(weights.load(hf), metadata, pkg / "params.safetensors", progress=False)
+        out[name] = {
+            "seconds": round(time.time() - t0, 1),
+            "params": int(sum(int(np.prod(p["shape"])) for p in metadata["params"])),
+            "params_bytes": metadata["params_bytes"],
+        }
+    return out
+
+
+def _parity(args, name: str, tol: float) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vocab = json.loads((args.models / name / "metadata.json").read_text())["vocab_size"]
+    steps = args.steps_parity
+    prompt = rand_prompt(rng, vocab, 12)
+    m = new_core_model(args, name)
+    t0 = time.time()
+    m.add_sequence(0)
+    core_logits, core_tokens = core_greedy(m, 0, prompt, steps)
+    m.remove_sequence(0)
+    core_s = time.time() - t0
+    model = hf_model(args, name)
+    ref_logits, ref_tokens = hf_greedy(args, model, prompt, steps)
+    div = first_divergence(core_tokens, ref_tokens)
+    # Compare logits only up to the first divergence (later rows see different inputs).
+    upto = len(core_tokens) if div is None else div + 1
+    out = {
+        "steps": steps,
+        "max_abs_logit_diff": float(np.abs(core_logits[:upto] - ref_logits[:upto]).max()),
+        "logit_scale": float(np.abs(ref_logits).max()),
+        "tokens_equal": core_tokens == ref_tokens,
+        "first_divergence": div,
+        "core_seconds": round(core_s, 3),
+    }
+    if div is not None:  # how close the reference's top-2 were where the tokens split
+        top2 = np.sort(ref_logits[div])[-2:]
+        out["ref_top2_margin_at_divergence"] = float(top2[1] - top2[0])
+
+    # A batch of four different-length prompts prefilled and decoded together == each alone.
+    prompts = [rand_prompt(rng, vocab, n) for n in (5, 11, 23, 40)]
+    alone = []
+    for i, p in enumerate(prompts):
+        m.add_sequence(10 + i)
+        alone.append(core_greedy(m, 10 + i, p, steps))
+        m.remove_sequence(10 + i)
+    ids = [20 + i for i in range(4)]
+    for s in ids:
+        m.add_sequence(s)
+    rows = [m.prefill(ids, prompts)]
+    toks = [[int(np.argmax(r))] for r in rows[0]]
+    for _ in range(steps):
+        rows.append(m.decode(ids, [t[-1] for t in toks]))
+        for t, r in zip(toks, rows[-1]):
+            t.append(int(np.argmax(r)))
+    batch_logits = np.stack(rows, axis=1)  # [4, steps + 1, V]
+    out["batch4_tokens_equal"] = all(toks[i] == alone[i][1] for i in range(4))
+    out["batch4_max_abs_logit_diff"] = float(max(np.abs(batch_logits[i] - alone[i][0]).max() for i in range(4)))
+    out["ok"] = bool(out["tokens_equal"] and out["max_abs_logit_diff"] < tol and out["batch4_tokens_equal"])
+    return out
+
+
+def stage_parity_tiny(args) -> dict:
+    return _parity(args, TINY, tol=1e-3)
+
+
+def stage_parity_f16(args) -> dict:
+    # float16 on both sides with different kernels: token splits at near-ties are expected with
+    # random weights, so "ok" only asks for close logits up to the first split.
+    return _parity(args, F16, tol=0.05)
+
+
+def stage_core_speed(args) -> dict:
+    """_core.Model decode step time for batch 1, 16, 64 (no engine, no sampling)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    meta = json.loads((args.models / F16 / "metadata.json").read_text())
+    m = new_core_model(args, F16, batch=64, total=64 * 512, chunk=2048)
+    out = {"params_bytes": meta["params_bytes"]}
+    for b in args.core_batches:
+        ids = list(range(b))
+        for s in ids:
+            m.add_sequence(s)
+        t0 = time.perf_counter()
+        rows = m.prefill(ids, [rand_prompt(rng, meta["vocab_size"], 32) for _ in ids])
+        prefill_s = time.perf_counter() - t0
+        toks = [int(t) for t in np.argmax(rows, axis=1)]
+        for _ in range(args.warmup):
+            toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
+        n = args.steps_speed if b == 1 else max(8, args.steps_speed // 4)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
+        step = (time.perf_counter() - t0) / n
+        out[f"b{b}"] = {"steps": n, "ms_per_step": round(step * 1e3, 3), "tok_s": round(b / step, 1),
+                        "prefill_32xb_ms": round(prefill_s * 1e3, 1),
+                        "weight_GB_s": round(meta["params_bytes"] / step / 1e9, 1)}  # fmt: skip
+        for s in ids:
+            m.remove_sequence(s)
+    return out
+
+
+def stage_engine_speed(args) -> dict:
+    """ThreadedEngine: n concurrent requests of 128 greedy tokens, both loops on Python threads."""
+    import numpy as np
+
+    from tvmlm import _core
+
+    rng = np.random.default_rng(2)
+    vocab = json.loads((args.models / F16 / "metadata.json").read_text())["vocab_size"]
+    deltas: queue.Queue = queue.Queue()
+    engine = _core.ThreadedEngine()
+    engine.init(core_device(args), lambda ds: [deltas.put(d) for d in ds])
+    max_n, gen = max(args.concurrency), args.gen_tokens
+    engine.reload(json.dumps({"model": str(args.work / f"pkg-{F16}"), "max_num_sequence": max_n,
+                              "max_total_sequence_length": max_n * (32 + gen) + 512,
+                              "prefill_chunk_size": 2048, "num_threads": args.threads}))  # fmt: skip
+    threads = [threading.Thread(target=engine.run_background_loop, daemon=True),
+               threading.Thread(target=engine.run_background_stream_back_loop, daemon=True)]  # fmt: skip
+    for t in threads:
+        t.start()
+    gen_cfg = json.dumps({"max_tokens": gen, "temperature": 0.0, "ignore_eos": True})
+
+    def run(n: int, tag: str) -> dict:
+        ids = [f"{tag}-{i}" for i in range(n)]
+        first, done, ntok, errors = {}, {}, 0, []
+        t0 = time.perf_counter()
+        for i in ids:
+            engine.add_request(i, rand_prompt(rng, vocab, 32), gen_cfg)
+        deadline = time.monotonic() + args.stage_timeout * 0.8
+        while len(done) < n:
+            d = deltas.get(timeout=max(0.1, deadline - time.monotonic()))
+            now = time.perf_counter() - t0
+            if d.token_ids and d.request_id not in first:
+                first[d.request_id] = now
+            ntok += len(d.token_ids)
+            if d.finish_reason is not None:
+                done[d.request_id] = now
+                if d.finish_reason != "length":
+                    errors.append(f"{d.request_id}: {d.finish_reason} {d.error}")
+        wall = max(done.values())
+        return {"requests": n, "generated": ntok, "wall_s": round(wall, 3), "tok_s": round(ntok / wall, 1),
+                "ttft_mean_ms": round(1e3 * sum(first.values()) / max(1, len(first)), 1),
+                "errors": errors[:3]}  # fmt: skip
+
+    out = {}
+    try:
+        run(1, "warmup")
+        for n in args.concurrency:
+            out[f"n{n}"] = run(n, f"n{n}")
+        out["metrics"] = json.loads(engine.metrics())
+    finally:
+        engine.exit_background_loop()
+        for t in threads:
+            t.join(timeout=10)
+    return out
+
+
+def stage_hf_speed(args) -> dict:
+    """transformers float16 greedy generate of 128 tokens at batch 1 and 16; and the HBM copy rate."""
+    import torch
+
+    out = {}
+    if args.device == "cuda":  # measured device-to-device copy bandwidth (read + write)
+        x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        y = torch.empty_like(x)
+        y.copy_(x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            y.copy_(x)
+        torch.cuda.synchronize()
+        out["copy_GB_s"] = round(2 * 10 * x.numel() / (time.perf_counter() - t0) / 1e9, 1)
+        del x, y
+    model = hf_model(args, F16)
+    vocab = model.config.vocab_size
+    gen = args.gen_tokens
+    g = torch.Generator().manual_seed(3)
+    for b in args.hf_batches:
+        ids = torch.randint(3, vocab, (b, 32), generator=g).to(torch_device(args))
+        kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warmup
+            sync(args)
+            t0 = time.perf_counter()
+            res = model.generate(ids, max_new_tokens=gen, min_new_tokens=gen, **kw)
+            sync(args)
+        wall = time.perf_counter() - t0
+        n = int((res.shape[1] - ids.shape[1]) * b)
+        out[f"b{b}"] = {"generated": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+
+def run_stage(args, name: str) -> None:
+    result_file = args.work / f"stage-{name}.json"
+    t0 = time.time()
+    try:
+        result = {"ok": True, **globals()[f"stage_{name}"](args)}
+    except BaseException as e:  # report, never raise: the driver reads the file
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+    result["stage_seconds"] = round(time.time() - t0, 1)
+    result_file.write_text(json.dumps(result, indent=1, default=str))
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown (CUDA/engine destructors) once the result is saved
+
+
+def drive(args) -> int:
+    t_start = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "gpu_check.log", "a")
+    report: dict = {"device": args.device, "stages": {}}
+    scale = 1 if args.device == "cuda" else 20
+    for name, timeout in STAGES.items():
+        if time.time() - t_start > args.budget:
+            report["stages"][name] = {"ok": False, "error": "skipped: time budget spent"}
+            continue
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--stage", name, *args.passthrough, "--stage-timeout", str(timeout * scale)]
+        log.write(f"\n===== {name}: {' '.join(cmd)}\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout * scale).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        f = args.work / f"stage-{name}.json"
+        res = json.loads(f.read_text()) if f.exists() else {"ok": False, "error": f"no result (exit {rc})"}
+        res.setdefault("wall_s", round(time.time() - t0, 1))
+        report["stages"][name] = res
+        print(f"[{time.time() - t_start:6.1f} s] {name:13s} {'ok' if res.get('ok') else 'FAILED: ' + str(res.get('error'))[:300]}", flush=True)
+        if name == "prepare" and not res.get("ok"):
+            break  # nothing else can run without packages
+    report["total_seconds"] = round(time.time() - t_start, 1)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    print_table(report)
+    return 0 if all(s.get("ok") for s in report["stages"].values()) else 1
+
+
+def print_table(report: dict) -> None:
+    s = report["stages"]
+    get = lambda st, *keys: _dig(s.get(st, {}), keys)  # noqa: E731
+    env = s.get("prepare", {})
+    gpu = env.get("gpu", report["device"])
+    print(f"\n== tvmlm GPU check on {gpu}  (torch {env.get('torch')}, transformers {env.get('transformers')}, "
+          f"python {env.get('python')})")  # fmt: skip
+    for st in ("parity_tiny", "parity_f16"):
+        r = s.get(st, {})
+        if "max_abs_logit_diff" in r:
+            print(f"{st:12s} {'PASS' if r['ok'] else 'FAIL'}  max|dlogit| {r['max_abs_logit_diff']:.2e} (scale "
+                  f"{r['logit_scale']:.1f})  greedy {r['steps']} steps equal: {r['tokens_equal']}"
+                  f" (first split {r['first_divergence']})  batch4==alone: {r['batch4_tokens_equal']}"
+                  f" max|dlogit| {r['batch4_max_abs_logit_diff']:.1e}")  # fmt: skip
+        else:
+            print(f"{st:12s} ERROR {str(r.get('error'))[:200]}")
+    pbytes = get("core_speed", "params_bytes")
+    peak = next((bw for key, bw in PEAK_BW.items() if key in str(gpu)), None)
+    copy_bw = get("hf_speed", "copy_GB_s")
+    print(f"speed (smollm2-shape f16, weights {pbytes / 1e6 if pbytes else float('nan'):.0f} MB; peak HBM "
+          f"{peak / 1e12 if peak else float('nan'):.2f} TB/s, measured copy {copy_bw} GB/s)")  # fmt: skip
+    for key in ("b1", "b16", "b64"):
+        r = get("core_speed", key)
+        if r:
+            frac = f"{r['weight_GB_s'] * 1e9 / peak:5.1%} of peak" if peak else ""
+            print(f"  _core.Model decode {key:4s}: {r['ms_per_step']:8.3f} ms/step {r['tok_s']:9.1f} tok/s  "
+                  f"weights read {r['weight_GB_s']:7.1f} GB/s {frac}")  # fmt: skip
+    if peak and pbytes:
+        print(f"  HBM bound batch 1: {peak / pbytes:.0f} tok/s")
+    for key, r in (s.get("engine_speed") or {}).items():
+        if key.startswith("n") and isinstance(r, dict):
+            print(f"  ThreadedEngine {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s, "
+                  f"TTFT {r['ttft_mean_ms']} ms){'  ERRORS ' + str(r['errors']) if r['errors'] else ''}")  # fmt: skip
+    for key in ("b1", "b16"):
+        r = get("hf_speed", key)
+        if r:
+            print(f"  transformers generate {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s)")
+    for name, r in s.items():
+        if not r.get("ok"):
+            print(f"  ! {name}: {str(r.get('error'))[:300]}")
+    print(f"total {report['total_seconds']} s")
+
+
+def _dig(d, keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = Path(__file__).resolve().parent
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--models", type=Path, default=here.parents[1] / "gpu_bundle" / "models")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"))
+    ap.add_argument("--work", type=Path, default=here.parents[1] / "build" / "gpu_check" / "work", help="scratch dir")
+    ap.add_argument("--quick", action="store_true", help="few steps (for the CPU dry run)")
+    ap.add_argument("--budget", type=float, default=270.0, help="start no stage after this many seconds")
+    ap.add_argument("--stage", choices=list(STAGES))
+    ap.add_argument("--stage-timeout", type=float, default=120.0)
+    args = ap.parse_args()
+    args.work, args.models, args.out = args.work.resolve(), args.models.resolve(), args.out.resolve()
+    args.passthrough = ["--device", args.device, "--models", str(args.models), "--out", str(args.out),
+                        "--work", str(args.work)] + (["--quick"] if args.quick else [])  # fmt: skip
+    args.threads = 0 if args.device == "cuda" else (os.cpu_count() or 1)
+    args.steps_parity = 24
+    args.steps_speed, args.warmup, args.gen_tokens = (8, 2, 8) if args.quick else (128, 8, 128)
+    args.core_batches = (1, 4) if args.quick else (1, 16, 64)
+    args.concurrency = (1, 4) if args.quick else (1, 4, 16, 64)
+    args.hf_batches = (1,) if args.quick else (1, 16)
+    if args.stage:
+        run_stage(args, args.stage)
+    return drive(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
