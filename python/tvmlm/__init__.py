@@ -27,7 +27,18 @@ _LAZY = {
     "TvmlmError": ".errors",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "Engine",
+    "EngineClosedError",
+    "EngineConfig",
+    "ModelError",
+    "OutOfMemoryError",
+    "RequestError",
+    "TvmlmError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .config import EngineConfig

@@ -61,9 +61,17 @@ class CompileOptions:
     dtype: str = "float32"
     prefill_chunk_size: int | None = None  # None: the model's default
     max_batch_size: int = 128
+    # Weight formats kept packed ({"linear", "embed", "lm_head"} -> f32/q4_1/q8_0), as a sorted tuple
+    # of pairs so the options stay hashable; empty = all f32.
+    weight_formats: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "prefill_chunk_size": self.prefill_chunk_size, "max_batch_size": self.max_batch_size}
+        return {
+            "dtype": self.dtype,
+            "prefill_chunk_size": self.prefill_chunk_size,
+            "max_batch_size": self.max_batch_size,
+            "weight_formats": dict(self.weight_formats),
+        }
 
 
 def _tvm_version() -> str:
@@ -190,6 +198,15 @@ def prepare_package(
 
     options = options or CompileOptions()
     loaded = weights.load(model_path)
+    if not options.weight_formats and loaded.packed_formats:
+        # Block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay packed: 4-6x fewer bytes per token.
+        from dataclasses import replace
+
+        from .models.convert import plan_weight_formats
+        from .models.llama_config import LlamaConfig
+
+        plan = plan_weight_formats(LlamaConfig.from_hf(loaded.config), loaded.packed_formats, options.dtype)
+        options = replace(options, weight_formats=tuple(sorted(plan.items())))
     tkey = target_key(device_kind, device_detail)
     lkey = lib_key(loaded.config, tkey, options)
     mkey = _digest({"lib": lkey, "weights": weights_fingerprint(loaded.source_files)})

@@ -31,6 +31,9 @@ def make_target(device_kind: str, target: dict[str, Any] | None = None):
     raise ValueError(f"no compile target for device kind {device_kind!r}; supported: cpu, cuda")
 
 
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1, "int8": 1}
+
+
 @dataclass
 class BuiltModule:
     mod: Any  # tvm.IRModule
@@ -55,12 +58,15 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     cfg.max_batch_size = options.max_batch_size
     if options.prefill_chunk_size:
         cfg.prefill_chunk_size = options.prefill_chunk_size
+    formats = dict(options.weight_formats)
+    cfg.linear_format = formats.get("linear", "f32")
+    cfg.embed_format = formats.get("embed", "f32")
+    cfg.lm_head_format = formats.get("lm_head", "f32")
     tvm_target = make_target(device_kind, target)
     model = LlamaForCausalLM(cfg)
     with tvm_target:
         mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
     params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
-    dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.dtype]
     metadata = {
         "architecture": cfg.model_type,
         "model_type": hf_config.get("model_type", cfg.model_type),
@@ -80,7 +86,8 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         "target_json": json.loads(json.dumps(dict(tvm_target.export()), default=str)),
         "tvmlm_version": __version__,
         "params": params,
-        "params_bytes": int(sum(int(np.prod(p["shape"])) * dtype_bytes for p in params)),
+        "weight_formats": {"linear": cfg.linear_format, "embed": cfg.embed_format, "lm_head": cfg.lm_head_format},
+        "params_bytes": int(sum(int(np.prod(p["shape"])) * _DTYPE_BYTES[p["dtype"]] for p in params)),
     }
     bb = relax.BlockBuilder(mod)
     with bb.function("_metadata", params=[]):

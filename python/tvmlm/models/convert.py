@@ -12,7 +12,53 @@ import numpy as np
 from .llama_config import LlamaConfig
 
 
-def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+LINEAR_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def plan_weight_formats(cfg: LlamaConfig, packed_formats: dict[str, str], dtype: str = "float32") -> dict[str, str]:
+    """Which weights stay packed: {"linear", "embed", "lm_head"} -> "f32" | "q4_1" | "q8_0".
+
+    The decoder's linears share one format, so they stay packed only when every one of them is
+    stored in the same packed format (otherwise all are dequantized to f32). Packed weights need
+    float32 activations.
+    """
+    if dtype != "float32":
+        return {"linear": "f32", "embed": "f32", "lm_head": "f32"}
+    names = [
+        f"model.layers.{i}.{'self_attn' if part in ('q_proj', 'k_proj', 'v_proj', 'o_proj') else 'mlp'}.{part}.weight"
+        for i in range(cfg.num_hidden_layers)
+        for part in LINEAR_PARTS
+    ]
+    linear = {packed_formats.get(n, "f32") for n in names}
+    embed = packed_formats.get("model.embed_tokens.weight", "f32")
+    lm_head = embed if cfg.tie_word_embeddings else packed_formats.get("lm_head.weight", "f32")
+    return {"linear": linear.pop() if len(linear) == 1 else "f32", "embed": embed, "lm_head": lm_head}
+
+
+def keep_packed_predicate(formats: dict[str, str]):
+    """`keep_packed(hf_name)` for LoadedModel.tensors() that matches a weight-format plan."""
+
+    def keep(name: str) -> bool:
+        if name == "model.embed_tokens.weight":
+            return formats.get("embed", "f32") != "f32"
+        if name == "lm_head.weight":
+            return formats.get("lm_head", "f32") != "f32"
+        return name.endswith(".weight") and name.split(".")[-2] in LINEAR_PARTS and formats.get("linear", "f32") != "f32"
+
+    return keep
+
+
+def _concat(parts: list) -> Any:
+    """Row-concatenate dense arrays or packed weights of one format (a fused projection)."""
+    from ..weights import PackedWeight
+
+    if all(isinstance(p, PackedWeight) for p in parts) and len({p.fmt for p in parts}) == 1:
+        mins = None if parts[0].min is None else np.concatenate([p.min for p in parts])
+        return PackedWeight(parts[0].fmt, np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]), mins)
+    return np.concatenate([p.dequantize() if isinstance(p, PackedWeight) else p for p in parts], axis=0)
+
+
+def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
     """Map Hugging Face parameter names onto this module's (fused qkv and gate_up) names.
 
     Consumes `(hf_name, array)` pairs one at a time, holding back only the pieces of a fused
@@ -40,7 +86,7 @@ def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, np.ndarray
             group = pending.setdefault(key, {})
             group[parts[-2]] = array
             if all(m in group for m in members):
-                yield key, np.concatenate([group[m] for m in members], axis=0)
+                yield key, _concat([group[m] for m in members])
                 del pending[key]
             continue
         yield name, array
@@ -61,15 +107,27 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
         bar_cm = progress_bar(total=len(expected), desc="convert weights", unit="tensor")
     else:
         bar_cm = contextlib.nullcontext(_NoBar())
+    from ..weights import PackedWeight
+
+    formats = metadata.get("weight_formats") or {}
+    keep = keep_packed_predicate(formats) if any(f != "f32" for f in formats.values()) else None
     with bar_cm as bar:
-        for name, array in convert_hf_tensors(cfg, loaded.tensors()):
-            spec = expected.get(name)
-            if spec is None:
-                raise ValueError(f"weight {name!r} has no place in the {cfg.model_type} model")
-            if list(array.shape) != spec["shape"]:
-                raise ValueError(f"weight {name!r} has shape {list(array.shape)}, the model expects {spec['shape']}")
-            out[name] = np.ascontiguousarray(array.astype(spec["dtype"], copy=False))
-            bar.update()
+        for name, weight in convert_hf_tensors(cfg, loaded.tensors(keep) if keep else loaded.tensors()):
+            if isinstance(weight, PackedWeight):
+                base = name.removesuffix(".weight")
+                pieces = {f"{base}.q": weight.q, f"{base}.scale": weight.scale}
+                if weight.min is not None:
+                    pieces[f"{base}.min"] = weight.min
+            else:
+                pieces = {name: weight}
+            for piece_name, array in pieces.items():
+                spec = expected.get(piece_name)
+                if spec is None:
+                    raise ValueError(f"weight {piece_name!r} has no place in the {cfg.model_type} model")
+                if list(array.shape) != spec["shape"]:
+                    raise ValueError(f"weight {piece_name!r} has shape {list(array.shape)}, the model expects {spec['shape']}")
+                out[piece_name] = np.ascontiguousarray(array.astype(spec["dtype"], copy=False))
+                bar.update()
     missing = sorted(set(expected) - set(out))
     if missing:
         raise ValueError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")

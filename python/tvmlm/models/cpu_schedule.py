@@ -39,7 +39,7 @@ def _matmul_block(sch: s_tir.Schedule):
         return None
     if len(stmt.reads) != 2 or len(stmt.writes) != 1:
         return None
-    if not any(len(r.source.shape) == 2 for r in stmt.reads):
+    if not any(len(r.source.shape) in (2, 4) for r in stmt.reads):  # a weight, dense or block-packed
         return None
     if not stmt.name_hint.startswith(("NT_matmul", "matmul")):
         return None
@@ -61,6 +61,9 @@ def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     if block is None:
         return None
     consumers = sch.get_consumers(block)
+    # A packed weight's dequantize stage (models/quant.py), if any: placed under the row tile below,
+    # so each tile of rows is dequantized once, into a stack buffer, and reused for every activation row.
+    producers = [b for b in sch.get_producers(block) if sch.get(b).name_hint == "dequantize"]
     loops = sch.get_loops(block)
     *m_loops, n, k = loops
     n_extent, k_extent = _static_extent(sch, n), _static_extent(sch, k)
@@ -73,7 +76,9 @@ def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     n_o, n_i = sch.split(n, factors=[None, ROW_TILE])
     k_o, k_i = sch.split(k, factors=[None, lanes])
     sch.reorder(n_o, m, n_i, k_o, k_i)
-    rf = sch.rfactor(k_i, factor_axis=0)
+    # The lane axis goes last in the accumulator buffer, so each row's 16 partial sums are one
+    # contiguous vector (factor_axis=0 would interleave rows: strided vector loads and stores).
+    rf = sch.rfactor(k_i, factor_axis=len(sch.get(block).writes[0].source.shape))
     sch.set_scope(rf, 0, "local")
     rf_n_o, rf_m, rf_n_i, rf_k_o, rf_k_i = sch.get_loops(rf)
     n_i_o, n_i_i = sch.split(rf_n_i, factors=[None, ROW_UNROLL])
@@ -83,6 +88,10 @@ def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     sch.reverse_compute_at(block, rf_m)
     for consumer in consumers:
         sch.reverse_compute_at(consumer, rf_m)
+    for dequant in producers:
+        sch.compute_at(dequant, rf_n_o)
+        sch.set_scope(dequant, 0, "local")
+        sch.vectorize(sch.get_loops(dequant)[-1])  # the 16 elements of a half block
     sch.parallel(rf_n_o)
     sch.decompose_reduction(rf, rf_k_o)
     return sch.mod["main"]

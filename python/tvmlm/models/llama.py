@@ -17,6 +17,14 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from .llama_config import LlamaConfig
+from .quant import QuantEmbedding, QuantLinear
+
+
+def _linear(in_features: int, out_features: int, fmt: str, bias: bool = False) -> nn.Module:
+    """A dense nn.Linear, or a QuantLinear that keeps its weight packed (models/quant.py)."""
+    if fmt == "f32":
+        return nn.Linear(in_features, out_features, bias=bias)
+    return QuantLinear(in_features, out_features, fmt, bias=bias)
 
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -24,8 +32,8 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         qkv_rows = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, qkv_rows, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.qkv_proj = _linear(cfg.hidden_size, qkv_rows, cfg.linear_format, bias=cfg.attention_bias)
+        self.o_proj = _linear(self.num_heads * self.head_dim, cfg.hidden_size, cfg.linear_format)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False)
@@ -46,8 +54,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         self.intermediate_size = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = _linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.linear_format)
+        self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
@@ -68,7 +76,10 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, cfg: LlamaConfig):
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        if cfg.embed_format == "f32":
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        else:
+            self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, cfg.embed_format)
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)
 
@@ -83,7 +94,7 @@ class LlamaForCausalLM(nn.Module):
         self.cfg = cfg
         self.model = Decoder(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, cfg.lm_head_format)
         if cfg.dtype != "float32":
             # nn modules create float32 parameters; activations and the KV cache follow the
             # parameters' dtype (rms_norm and attention accumulate in float32 internally).
@@ -91,7 +102,11 @@ class LlamaForCausalLM(nn.Module):
 
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.cfg.tie_word_embeddings:
-            logits = op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
+            embed = self.model.embed_tokens
+            if isinstance(embed, QuantEmbedding):
+                logits = embed.matmul(hidden)
+            else:
+                logits = op.matmul(hidden, op.permute_dims(embed.weight))
         else:
             logits = self.lm_head(hidden)
         return logits.astype("float32") if logits.dtype != "float32" else logits

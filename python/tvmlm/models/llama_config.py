@@ -35,6 +35,10 @@ class LlamaConfig:
     prefill_chunk_size: int = 2048
     max_batch_size: int = 128
     dtype: str = "float32"
+    # Weight storage (models/quant.py): "f32" (= dtype) or a packed format kept in memory.
+    linear_format: str = "f32"
+    embed_format: str = "f32"
+    lm_head_format: str = "f32"
 
     @staticmethod
     def from_hf(config: dict[str, Any]) -> LlamaConfig:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["LoadedModel", "load", "SUPPORTED_ARCHITECTURES", "SUPPORTED_GGUF_ARCHITECTURES"]
+__all__ = ["LoadedModel", "PackedWeight", "load", "SUPPORTED_ARCHITECTURES", "SUPPORTED_GGUF_ARCHITECTURES"]
 
 # HF `architectures[0]` values the model definitions in tvmlm.models implement.
 SUPPORTED_ARCHITECTURES = (
@@ -30,6 +30,37 @@ SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 @dataclasses.dataclass
+class PackedWeight:
+    """A weight kept in a block-quantized format (see tvmlm/models/quant.py for the layouts).
+
+    q4_1: q uint8 [rows, cols/2], scale and min float16 [rows, cols/32]; q8_0: q int8 [rows, cols],
+    scale float16 [rows, cols/32], min None. Rows may be permuted/concatenated like a dense weight.
+    """
+
+    fmt: str
+    q: np.ndarray
+    scale: np.ndarray
+    min: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, width = self.q.shape
+        return rows, width * 2 if self.fmt == "q4_1" else width
+
+    def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> "PackedWeight":
+        return PackedWeight(self.fmt, fn(self.q), fn(self.scale), None if self.min is None else fn(self.min))
+
+    def dequantize(self) -> np.ndarray:
+        scale = self.scale.astype(np.float32).repeat(32, axis=1)
+        if self.fmt == "q8_0":
+            return self.q.astype(np.float32) * scale
+        rows = self.q.shape[0]
+        blocks = self.q.reshape(rows, -1, 1, 16) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+        nibbles = (blocks & np.uint8(15)).reshape(rows, -1).astype(np.float32)
+        return nibbles * scale + self.min.astype(np.float32).repeat(32, axis=1)
+
+
+@dataclasses.dataclass
 class LoadedModel:
     """Weights and tokenizer of one model, read lazily from its source files."""
 
@@ -40,12 +71,17 @@ class LoadedModel:
     source_kind: str
     """"hf" or "gguf"."""
     path: str
-    _iter_tensors: Callable[[], Iterator[tuple[str, np.ndarray]]] = dataclasses.field(repr=False)
+    _iter_tensors: Callable[..., Iterator[tuple[str, np.ndarray]]] = dataclasses.field(repr=False)
     _write_tokenizer: Callable[[Path], None] = dataclasses.field(repr=False)
+    packed_formats: dict[str, str] = dataclasses.field(default_factory=dict)
+    """hf_name -> "q4_1" | "q8_0" for tensors stored block-quantized that can stay packed."""
 
-    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield `(hf_name, float32 array)` one tensor at a time."""
-        return self._iter_tensors()
+    def tensors(self, keep_packed: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        """Yield `(hf_name, float32 array)` one tensor at a time; a tensor listed in
+        `packed_formats` for which `keep_packed(name)` is true comes as a `PackedWeight` instead."""
+        if keep_packed is None:
+            return self._iter_tensors()
+        return self._iter_tensors(keep_packed)
 
     def tokenizer_dir(self, out_dir: str | Path) -> Path:
         """Write tokenizer.json and tokenizer_config.json into `out_dir`; return it."""

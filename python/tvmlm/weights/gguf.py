@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from . import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel
+from . import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel, PackedWeight
 
 # Types we dequantize (all through gguf.quants); others fail at load() with a clear message.
 SUPPORTED_TENSOR_TYPES = (
@@ -90,8 +90,13 @@ def load_gguf(path: Path) -> LoadedModel:
         source_files=[str(path)],
         source_kind="gguf",
         path=str(path),
-        _iter_tensors=lambda: _iter_tensors(reader, config, arch),
+        _iter_tensors=lambda keep_packed=None: _iter_tensors(reader, config, arch, keep_packed),
         _write_tokenizer=lambda out: write_tokenizer_dir(meta, config, out),
+        packed_formats={
+            hf_tensor_name(t.name): _PACKED[t.tensor_type]
+            for t in reader.tensors
+            if t.tensor_type in _PACKED and len(t.shape) == 2
+        },
     )
 
 
@@ -167,16 +172,47 @@ def _unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _iter_tensors(reader: GGUFReader, config: dict, arch: str) -> Iterator[tuple[str, np.ndarray]]:
+# GGUF block types that stay packed on request, and the tvmlm format they map onto exactly.
+_PACKED = {
+    QT.Q4_0: "q4_1",
+    QT.Q4_1: "q4_1",
+    QT.Q8_0: "q8_0",
+}
+
+
+def _packed(t) -> PackedWeight:
+    """Split GGUF blocks into tvmlm's packed arrays (copies: the file is memory-mapped)."""
+    rows = int(t.shape[1])
+    blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, -1, _BLOCK_BYTES[t.tensor_type])
+    scale = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16).reshape(rows, -1)
+    if t.tensor_type == QT.Q8_0:
+        q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, -1)
+        return PackedWeight("q8_0", q, scale.copy())
+    if t.tensor_type == QT.Q4_1:
+        minimum = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16).reshape(rows, -1)
+        return PackedWeight("q4_1", np.ascontiguousarray(blocks[..., 4:]).reshape(rows, -1), scale.copy(), minimum.copy())
+    # Q4_0: w = (nibble - 8) * d, i.e. q4_1 with min = -8 * d (exact in float16: a power of two).
+    return PackedWeight("q4_1", np.ascontiguousarray(blocks[..., 2:]).reshape(rows, -1), scale.copy(), (scale * np.float16(-8)).copy())
+
+
+_BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
+
+
+def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None) -> Iterator[tuple[str, Any]]:
     for t in reader.tensors:
+        name = hf_tensor_name(t.name)
+        # Only llama-arch files were permuted (qwen2/qwen3 use HF's rope layout in llama.cpp).
+        permuted = arch == "llama" and (".attn_q." in t.name or ".attn_k." in t.name)
+        heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
+        if keep_packed is not None and t.tensor_type in _PACKED and len(t.shape) == 2 and keep_packed(name):
+            w = _packed(t)
+            yield name, w.map_rows(lambda a: np.ascontiguousarray(_unpermute_rope(a, heads))) if permuted else w
+            continue
         # GGUF lists dims fastest-first (ne0 = row length); numpy wants them reversed.
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-        name = hf_tensor_name(t.name)
-        # Only llama-arch files were permuted (qwen2/qwen3 use HF's rope layout in llama.cpp).
-        if arch == "llama" and (".attn_q." in t.name or ".attn_k." in t.name):
-            n = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
-            w = _unpermute_rope(w, n)
+        if permuted:
+            w = _unpermute_rope(w, heads)
         # Copy: the dequantized array may be a read-only view of the memory-mapped file.
         yield name, np.array(w, dtype=np.float32, order="C", copy=True)
 

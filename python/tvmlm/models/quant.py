@@ -1,0 +1,121 @@
+"""Weights kept quantized in memory, dequantized inside the matmul kernels.
+
+Formats (one per weight; `linear` and `embedding` pick by the format name):
+
+    f32    float32 [N, K]                                     (also f16/bf16 models: dtype)
+    q4_1   q: uint8 [N, K/2], scale, min: float16 [N, K/32]   w = scale * nibble + min
+    q8_0   q: int8  [N, K],   scale: float16 [N, K/32]        w = scale * q
+
+q4_1 keeps llama.cpp's nibble order inside each 32-element block (byte j holds element j in its
+low nibble and element j + 16 in its high nibble), so GGUF Q4_1 blocks copy over as they are and a
+16-byte vector load yields 16 consecutive weights per nibble half. GGUF Q4_0 maps onto q4_1
+exactly (min = -8 * scale); Q8_0 maps onto q8_0. The dequantized value is the same float32 that
+the `gguf` package computes, so the packed and the dequantize-to-f32 paths see identical weights.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+FORMATS = ("f32", "q4_1", "q8_0")
+BLOCK = 32
+
+
+def _weight(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, n, k):
+    """The float32 value of element (n, k) of a packed weight (embedding lookups)."""
+    return _block_value(fmt, q, scale, minimum, n, k // BLOCK, k % BLOCK // HALF, k % HALF)
+
+
+HALF = BLOCK // 2
+
+
+def _block_value(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, n, b, h, j):
+    """Element j of half h of block b of row n. Written per block so that, for a fixed (n, b, h),
+    the 16 values of j read 16 consecutive bytes and one scale: one vector load, no gathers."""
+    s = scale[n, b].astype("float32")
+    if fmt == "q8_0":
+        return q[n, b * BLOCK + h * HALF + j].astype("float32") * s
+    byte = q[n, b * HALF + j]
+    nibble = tirx.bitwise_and(tirx.shift_right(byte, (h * 4).astype("uint8")), tirx.const(15, "uint8"))
+    return nibble.astype("float32") * s + minimum[n, b].astype("float32")
+
+
+def dequantize_blocks(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, rows: int, cols: int) -> te.Tensor:
+    """The whole weight as float32 [rows, cols / 32, 2, 16] (row-major identical to [rows, cols])."""
+    return te.compute(
+        (rows, cols // BLOCK, 2, HALF),
+        lambda n, b, h, j: _block_value(fmt, q, scale, minimum, n, b, h, j),
+        name="dequantize",
+    )
+
+
+def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor | None, n_out: int, k_in: int) -> Tensor:
+    """x @ dequantize(W).T as one kernel: a dequantize stage feeding the matmul stage."""
+
+    def compute(x: te.Tensor, q: te.Tensor, scale: te.Tensor, *mins: te.Tensor):
+        m = mins[0] if mins else None
+        # A separate stage, so the CPU schedule can dequantize a tile of rows once and reuse it
+        # for every activation row (prefill), instead of once per row.
+        w = dequantize_blocks(fmt, q, scale, m, n_out, k_in)
+        k = te.reduce_axis((0, k_in), name="k")
+        *lead, _ = x.shape
+        return te.compute(
+            (*lead, n_out),
+            lambda *i: te.sum(x[(*i[:-1], k)] * w[i[-1], k // BLOCK, k % BLOCK // HALF, k % HALF], axis=k),
+            name="NT_matmul",
+        )
+
+    args = [x, q, scale] + ([minimum] if minimum is not None else [])
+    return op.tensor_expr_op(compute, name_hint=f"{fmt}_matmul", args=args)
+
+
+class _Packed(nn.Module):
+    """The parameters of one packed [rows, cols] weight."""
+
+    def __init__(self, rows: int, cols: int, fmt: str):
+        if fmt not in ("q4_1", "q8_0"):
+            raise ValueError(f"packed weight format {fmt!r}; expected q4_1 or q8_0")
+        if cols % BLOCK:
+            raise ValueError(f"{cols} columns is not a multiple of the {BLOCK}-element block")
+        self.rows, self.cols, self.fmt = rows, cols, fmt
+        if fmt == "q4_1":
+            self.q = nn.Parameter((rows, cols // 2), "uint8")
+            self.min = nn.Parameter((rows, cols // BLOCK), "float16")
+        else:
+            self.q = nn.Parameter((rows, cols), "int8")
+            self.min = None
+        self.scale = nn.Parameter((rows, cols // BLOCK), "float16")
+
+    def matmul(self, x: Tensor) -> Tensor:
+        return quant_matmul(x, self.fmt, self.q, self.scale, self.min, self.rows, self.cols)
+
+
+class QuantLinear(_Packed):
+    """y = x @ dequantize(W).T (+ bias); parameters `q`, `scale` (+ `min`, `bias`)."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = False):
+        super().__init__(out_features, in_features, fmt)
+        self.bias = nn.Parameter((out_features,), "float32") if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.matmul(x)
+        return y + self.bias if self.bias is not None else y
+
+
+class QuantEmbedding(_Packed):
+    """Embedding lookup that dequantizes only the rows it reads; `matmul` serves a tied lm_head."""
+
+    def __init__(self, num: int, dim: int, fmt: str):
+        super().__init__(num, dim, fmt)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        fmt, dim = self.fmt, self.cols
+
+        def compute(ids: te.Tensor, q: te.Tensor, scale: te.Tensor, *mins: te.Tensor):
+            m = mins[0] if mins else None
+            return te.compute((ids.shape[0], dim), lambda t, k: _weight(fmt, q, scale, m, ids[t], k), name="embedding")
+
+        args = [ids, self.q, self.scale] + ([self.min] if self.min is not None else [])
+        return op.tensor_expr_op(compute, name_hint=f"{fmt}_embedding", args=args)
