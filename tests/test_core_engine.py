@@ -400,14 +400,18 @@ def test_reload_errors_and_recovery(pkg, tmp_path):
         assert d.finish_reason == "length" and len(tokens) == 2
 
         # Reset aborts in-flight requests and zeroes the counters; reload replaces the model.
-        e.add_request("long", [1, 2], json.dumps({"max_tokens": 400}))
-        q.get(timeout=30)
+        # "long" runs until the end of the 512-token window, ignoring eos; reset lands long before.
+        e.add_request("long", [1, 2], json.dumps({"max_tokens": 505, "ignore_eos": True}))
+        generated = len(q.get(timeout=30).token_ids)
         e.reset()
         while True:
             d = q.get(timeout=30)
+            generated += len(d.token_ids)
             if d.finish_reason:
                 break
-        assert (d.request_id, d.finish_reason) == ("long", "abort")
+        # On a badly overloaded machine the request may still win the race; it must not hang.
+        assert d.request_id == "long"
+        assert d.finish_reason == "abort" or (d.finish_reason == "length" and generated == 505)
         m = json.loads(e.metrics())
         assert m["loaded"] and m["requests_finished"] == 0 and m["generated_tokens"] == 0
         e.unload()
