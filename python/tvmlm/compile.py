@@ -197,6 +197,15 @@ def prepare_package(
     from . import weights
 
     options = options or CompileOptions()
+    tkey = target_key(device_kind, device_detail)
+    root = cache_dir()
+    # Warm path: a source index maps (weight files, target, options) to the package, so a cache hit
+    # parses neither the GGUF metadata (seconds for a 49k-token vocabulary) nor config files.
+    index = root / "sources" / f"{_digest({'files': weights_fingerprint(_source_files(model_path)), 'target': tkey, 'options': options.as_dict(), 'tvmlm': __version__, 'tvm': _tvm_version()})}.json"
+    hit = _index_lookup(index, root)
+    if hit is not None:
+        return hit
+
     loaded = weights.load(model_path)
     if not options.weight_formats and loaded.packed_formats:
         # Block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay packed: 4-6x fewer bytes per token.
@@ -207,13 +216,12 @@ def prepare_package(
 
         plan = plan_weight_formats(LlamaConfig.from_hf(loaded.config), loaded.packed_formats, options.dtype)
         options = replace(options, weight_formats=tuple(sorted(plan.items())))
-    tkey = target_key(device_kind, device_detail)
     lkey = lib_key(loaded.config, tkey, options)
     mkey = _digest({"lib": lkey, "weights": weights_fingerprint(loaded.source_files)})
-    root = cache_dir()
     lib_dir = root / "libs" / lkey
     pkg_dir = root / "models" / mkey
     if _entry_is_valid(pkg_dir, mkey, PACKAGE_FILES) and _entry_is_valid(lib_dir, lkey, LIB_FILES):
+        _index_store(index, lkey, mkey)
         return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=False)
 
     (root / "locks").mkdir(parents=True, exist_ok=True)
@@ -225,7 +233,37 @@ def prepare_package(
     with FileLock(str(root / "locks" / f"{mkey}.lock")):
         if compiled or not _entry_is_valid(pkg_dir, mkey, PACKAGE_FILES):
             _build_package(loaded, lib_dir, pkg_dir, mkey, progress)
+    _index_store(index, lkey, mkey)
     return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=compiled)
+
+
+def _source_files(model_path: str | os.PathLike) -> list[str]:
+    """The files a model is read from, found without parsing any of them."""
+    path = Path(model_path).expanduser()
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        return sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt"))
+    return []
+
+
+def _index_lookup(index: Path, root: Path) -> Package | None:
+    try:
+        entry = json.loads(index.read_text())
+        lkey, mkey = entry["lib"], entry["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    pkg_dir = root / "models" / mkey
+    if _entry_is_valid(pkg_dir, mkey, PACKAGE_FILES) and _entry_is_valid(root / "libs" / lkey, lkey, LIB_FILES):
+        return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=False)
+    return None
+
+
+def _index_store(index: Path, lkey: str, mkey: str) -> None:
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(f".{index.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"lib": lkey, "model": mkey}))
+    os.replace(tmp, index)  # atomic: readers see the old entry or the new one
 
 
 def _build_library(
