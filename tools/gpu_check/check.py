@@ -162,7 +162,7 @@ def stage_prepare(args) -> dict:
     return out
 
 
-def _parity(args, name: str, tol: float) -> dict:
+def _parity(args, name: str, tol: float, exact_tokens: bool) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -210,19 +210,25 @@ def _parity(args, name: str, tol: float) -> dict:
             t.append(int(np.argmax(r)))
     batch_logits = np.stack(rows, axis=1)  # [4, steps + 1, V]
     out["batch4_tokens_equal"] = all(toks[i] == alone[i][1] for i in range(4))
-    out["batch4_max_abs_logit_diff"] = float(max(np.abs(batch_logits[i] - alone[i][0]).max() for i in range(4)))
-    out["ok"] = bool(out["tokens_equal"] and out["max_abs_logit_diff"] < tol and out["batch4_tokens_equal"])
+    diffs = []
+    for i in range(4):
+        d = first_divergence(toks[i], alone[i][1])
+        upto_i = len(toks[i]) if d is None else d + 1
+        diffs.append(np.abs(batch_logits[i, :upto_i] - alone[i][0][:upto_i]).max())
+    out["batch4_max_abs_logit_diff"] = float(max(diffs))
+    close = out["max_abs_logit_diff"] < tol and out["batch4_max_abs_logit_diff"] < tol
+    out["ok"] = bool(close and (not exact_tokens or (out["tokens_equal"] and out["batch4_tokens_equal"])))
     return out
 
 
 def stage_parity_tiny(args) -> dict:
-    return _parity(args, TINY, tol=1e-3)
+    return _parity(args, TINY, tol=1e-3, exact_tokens=True)
 
 
 def stage_parity_f16(args) -> dict:
-    # float16 on both sides with different kernels: token splits at near-ties are expected with
-    # random weights, so "ok" only asks for close logits up to the first split.
-    return _parity(args, F16, tol=0.05)
+    # float16 on both sides with different kernels: token splits at near-ties are possible with
+    # random weights, so "ok" asks for close logits (up to the first split), not equal tokens.
+    return _parity(args, F16, tol=0.05, exact_tokens=False)
 
 
 def stage_core_speed(args) -> dict:
@@ -285,7 +291,10 @@ def stage_engine_speed(args) -> dict:
             engine.add_request(i, rand_prompt(rng, vocab, 32), gen_cfg)
         deadline = time.monotonic() + args.stage_timeout * 0.8
         while len(done) < n:
-            d = deltas.get(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                d = deltas.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"{tag}: {len(done)} of {n} requests finished, {ntok} tokens, in time") from None
             now = time.perf_counter() - t0
             if d.token_ids and d.request_id not in first:
                 first[d.request_id] = now
@@ -387,6 +396,8 @@ def drive(args) -> int:
         res = json.loads(f.read_text()) if f.exists() else {"ok": False, "error": f"no result (exit {rc})"}
         res.setdefault("wall_s", round(time.time() - t0, 1))
         report["stages"][name] = res
+        report["total_seconds"] = round(time.time() - t_start, 1)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))  # partial
         print(f"[{time.time() - t_start:6.1f} s] {name:13s} {'ok' if res.get('ok') else 'FAILED: ' + str(res.get('error'))[:300]}", flush=True)
         if name == "prepare" and not res.get("ok"):
             break  # nothing else can run without packages
@@ -411,15 +422,14 @@ def print_table(report: dict) -> None:
                   f" (first split {r['first_divergence']})  batch4==alone: {r['batch4_tokens_equal']}"
                   f" max|dlogit| {r['batch4_max_abs_logit_diff']:.1e}")  # fmt: skip
         else:
-            print(f"{st:12s} ERROR {str(r.get('error'))[:200]}")
+            print(f"{st:12s} ERROR {str(r.get('error'))[:200]}" if r else f"{st:12s} not run")
     pbytes = get("core_speed", "params_bytes")
     peak = next((bw for key, bw in PEAK_BW.items() if key in str(gpu)), None)
     copy_bw = get("hf_speed", "copy_GB_s")
     print(f"speed (smollm2-shape f16, weights {pbytes / 1e6 if pbytes else float('nan'):.0f} MB; peak HBM "
           f"{peak / 1e12 if peak else float('nan'):.2f} TB/s, measured copy {copy_bw} GB/s)")  # fmt: skip
-    for key in ("b1", "b16", "b64"):
-        r = get("core_speed", key)
-        if r:
+    for key, r in (s.get("core_speed") or {}).items():
+        if key.startswith("b") and isinstance(r, dict):
             frac = f"{r['weight_GB_s'] * 1e9 / peak:5.1%} of peak" if peak else ""
             print(f"  _core.Model decode {key:4s}: {r['ms_per_step']:8.3f} ms/step {r['tok_s']:9.1f} tok/s  "
                   f"weights read {r['weight_GB_s']:7.1f} GB/s {frac}")  # fmt: skip
@@ -429,9 +439,8 @@ def print_table(report: dict) -> None:
         if key.startswith("n") and isinstance(r, dict):
             print(f"  ThreadedEngine {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s, "
                   f"TTFT {r['ttft_mean_ms']} ms){'  ERRORS ' + str(r['errors']) if r['errors'] else ''}")  # fmt: skip
-    for key in ("b1", "b16"):
-        r = get("hf_speed", key)
-        if r:
+    for key, r in (s.get("hf_speed") or {}).items():
+        if key.startswith("b") and isinstance(r, dict):
             print(f"  transformers generate {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s)")
     for name, r in s.items():
         if not r.get("ok"):

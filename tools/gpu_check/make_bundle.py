@@ -14,6 +14,7 @@ that the device machine cannot make itself (see README.md next to this file).
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import glob
 import importlib.util
@@ -115,6 +116,7 @@ def compile_model(name: str, device_kind: str, target: dict | None, out: Path) -
 
 
 _STUB_DIR = Path(tempfile.mkdtemp(prefix="tvmlm-cuda-stub-"))
+atexit.register(shutil.rmtree, _STUB_DIR, True)
 
 
 def enable_cuda_codegen() -> None:

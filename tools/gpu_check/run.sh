@@ -14,13 +14,23 @@ T0=$(date +%s)
 echo "== build _core ($PYTHON, bundle $BUNDLE)" | tee "$LOG"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG"
 
-# libtvm_runtime_cuda.so needs libcudart.so.13: the system's, else the CUDA toolkit's or torch's.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcudart.so.13 '; then
-  for d in ${CUDA_HOME:-/usr/local/cuda}/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-           $("$PYTHON" -c "import importlib.util as u; s=u.find_spec('nvidia'); print(*(s.submodule_search_locations if s else []))" 2>/dev/null | xargs -r -I{} find {} -name 'libcudart.so.13*' -printf '%h\n' 2>/dev/null); do
-    if ls "$d"/libcudart.so.13* >/dev/null 2>&1; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+# libtvm_runtime_cuda.so needs libcudart.so.13: the system's, else the CUDA toolkit's or a pip wheel's.
+find_cudart() {
+  ldconfig -p 2>/dev/null | grep -q 'libcudart.so.13 ' && return 0
+  local nv d
+  nv=$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")
+  for d in "$nv/../lib64" "$nv/../lib" "$nv/../targets/x86_64-linux/lib" ${CUDA_HOME:-/usr/local/cuda}/lib64 \
+           /usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib \
+           $("$PYTHON" -c 'import glob, importlib.util as u, os; s = u.find_spec("nvidia")
+for loc in (s.submodule_search_locations if s else []):
+    print(*{os.path.dirname(f) for f in glob.glob(os.path.join(loc, "**", "libcudart.so.13*"), recursive=True)})' 2>/dev/null); do
+    if ls "$d"/libcudart.so.13* >/dev/null 2>&1; then
+      export LD_LIBRARY_PATH="$(realpath "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; return 0
+    fi
   done
-fi
+  return 1
+}
+find_cudart || echo "warning: libcudart.so.13 not found; CUDA stages will fail" | tee -a "$LOG"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$LOG"
 
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
@@ -39,7 +49,7 @@ cp "$BUILD"/cmake/_core*.so "$BUILD/py/tvmlm/"
 export PYTHONPATH="$BUILD/py${PYTHONPATH:+:$PYTHONPATH}"
 echo "== built in $(( $(date +%s) - T0 )) s: $(ls "$BUILD"/py/tvmlm/_core*.so)" | tee -a "$LOG"
 
-OUT="$OUT" "$PYTHON" "$REPO/tools/gpu_check/check.py" --out "$OUT" "$@"
+OUT="$OUT" PYTHONUNBUFFERED=1 "$PYTHON" "$REPO/tools/gpu_check/check.py" --out "$OUT" "$@"
 RC=$?
 echo "== run.sh total $(( $(date +%s) - T0 )) s (check.py exit $RC)" | tee -a "$LOG"
 exit $RC
