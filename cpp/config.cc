@@ -24,12 +24,17 @@ EngineConfig EngineConfig::FromJSON(const std::string& text) {
       json::GetInt(obj, "max_total_sequence_length", c.max_total_sequence_length);
   c.prefill_chunk_size = json::GetInt(obj, "prefill_chunk_size", c.prefill_chunk_size);
   c.num_threads = json::GetInt(obj, "num_threads", c.num_threads);
+  c.prefix_cache = json::GetBool(obj, "prefix_cache", c.prefix_cache);
+  c.prefix_cache_max_sequences =
+      json::GetInt(obj, "prefix_cache_max_sequences", c.prefix_cache_max_sequences);
   Require(!c.model.empty(), "engine config: 'model' must name a model package directory");
   Require(c.max_num_sequence >= 1, "engine config: 'max_num_sequence' must be >= 1");
   Require(c.max_total_sequence_length >= 1,
           "engine config: 'max_total_sequence_length' must be >= 1");
   Require(c.prefill_chunk_size >= 1, "engine config: 'prefill_chunk_size' must be >= 1");
   Require(c.num_threads >= 0, "engine config: 'num_threads' must be >= 0");
+  Require(c.prefix_cache_max_sequences >= 0,
+          "engine config: 'prefix_cache_max_sequences' must be >= 0");
   return c;
 }
 
@@ -47,6 +52,8 @@ GenerationConfig GenerationConfig::FromJSON(const std::string& text) {
     g.stop_token_ids.push_back(static_cast<int32_t>(id));
   }
   g.ignore_eos = json::GetBool(obj, "ignore_eos", g.ignore_eos);
+  g.n = json::GetInt(obj, "n", g.n);
+  Require(g.n >= 1, "generation config: 'n' must be >= 1");
   Require(g.max_tokens >= 1, "generation config: 'max_tokens' must be >= 1");
   Require(g.temperature >= 0.0, "generation config: 'temperature' must be >= 0");
   Require(g.top_p > 0.0 && g.top_p <= 1.0, "generation config: 'top_p' must be in (0, 1]");

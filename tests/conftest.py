@@ -35,6 +35,8 @@ TINY_MODELS = {
     "qwen2": dict(arch="qwen2", tie=True),
     "qwen3": dict(arch="qwen3"),
     "mistral": dict(arch="mistral"),
+    # A 4096-token window for the scheduler tests' 2000-token prompts.
+    "llama-4k": dict(arch="llama", max_position_embeddings=4096, seed=1),
 }
 
 

@@ -145,7 +145,10 @@ def test_user_fields_win_and_are_sourced_user():
     assert all(src[f] == "user" for f in ("max_num_sequence", "max_total_sequence_length",
                                           "prefill_chunk_size", "gpu_memory_utilization",
                                           "kv_dtype", "num_threads"))
-    assert src["prefix_cache"] == "preset"
+    assert src["prefix_cache"] == "preset" and r.prefix_cache is True
+    off, src = resolve("local", EngineConfig(prefix_cache=False))
+    assert off.prefix_cache is False and src["prefix_cache"] == "user"
+    assert off.core_config("/pkg")["prefix_cache"] is False
 
 
 def test_user_total_shapes_derived_fields():
@@ -238,8 +241,6 @@ def test_checks_against_the_model():
     with pytest.raises(ConfigError, match=r"prefill_chunk_size=2048 .*<= max_total_sequence_leng"):
         resolve("interactive", EngineConfig(prefill_chunk_size=2048),
                 meta={**META, "context_window_size": 1024})
-    with pytest.raises(ConfigError, match="prefix_cache"):
-        resolve("local", EngineConfig(prefix_cache=True))
     with pytest.raises(ModelError, match="head_dim, vocab_size"):
         resolve("local", meta={k: v for k, v in META.items()
                                if k not in ("head_dim", "vocab_size")})
@@ -269,7 +270,7 @@ def test_core_config_matches_the_contract():
     r, _ = resolve("local")
     assert r.core_config("/pkg") == {"model": "/pkg", "max_num_sequence": 4,
                                      "max_total_sequence_length": 4096, "prefill_chunk_size": 512,
-                                     "num_threads": 0}
+                                     "num_threads": 0, "prefix_cache": True}
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.max_num_sequence = 9
 

@@ -36,8 +36,8 @@ def chat(**kw) -> ChatCompletionRequest:
     ({"max_tokens": 1.5}, ["max_tokens", "valid integer"]),
     ({"max_completion_tokens": -3}, ["max_completion_tokens", ">= 0"]),
     ({"max_tokens": 5, "max_completion_tokens": 6}, ["max_tokens", "max_completion_tokens"]),
-    ({"n": 2}, ["n > 1 is not supported yet"]),
-    ({"n": 0}, ["n", "must be 1"]),
+    ({"n": 129}, ["n", "[1, 128]", "129"]),
+    ({"n": 0}, ["n", "[1, 128]"]),
     ({"frequency_penalty": 0.5}, ["frequency_penalty", "only 0"]),
     ({"presence_penalty": -1.0}, ["presence_penalty", "only 0"]),
     ({"logprobs": True}, ["logprobs", "only false"]),
@@ -110,7 +110,7 @@ def test_valid_chat_request_is_normalized():
     assert r.messages[1].role == "user"
     assert r.generation_config(100, [2, 3]) == {
         "max_tokens": 7, "temperature": 0.0, "top_p": 0.9, "top_k": 40, "seed": 1,
-        "stop_token_ids": [2, 3], "ignore_eos": True,
+        "stop_token_ids": [2, 3], "ignore_eos": True, "n": 1,
     }
 
 
@@ -119,7 +119,7 @@ def test_generation_config_defaults():
     assert r.stop == [] and r.max_tokens is None and not r.include_usage and not r.stream
     assert r.generation_config(50, [2]) == {
         "max_tokens": 50, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None,
-        "stop_token_ids": [2], "ignore_eos": False,
+        "stop_token_ids": [2], "ignore_eos": False, "n": 1,
     }
     # The model's defaults fill only what the request left unset.
     got = chat(temperature=0.2).generation_config(50, [2], {"temperature": 0.6, "top_p": 0.95})
@@ -143,7 +143,7 @@ def test_stream_without_usage():
     ({"prompt": "x", "echo": True}, ["echo", "only false"]),
     ({"prompt": "x", "logprobs": 2}, ["logprobs", "only false"]),
     ({"prompt": "x", "best_of": 2}, ["best_of", "not a supported field"]),
-    ({"prompt": "x", "n": 3}, ["n > 1 is not supported yet"]),
+    ({"prompt": "x", "n": 0}, ["n", "[1, 128]"]),
     ({"prompt": "x", "temperature": 3}, ["temperature", "[0, 2]"]),
 ])
 def test_completion_request_errors(kw, expected):

@@ -1,5 +1,6 @@
-// The single-threaded engine: owns the model and the requests; one Step() = prefill newly
-// admitted requests, then decode every running one. Not thread-safe: ThreadedEngine serialises.
+// The single-threaded engine: owns the model and the requests; one Step() = admit, one prefill
+// chunk, one decode of every running request (actions/). Not thread-safe: ThreadedEngine
+// serialises.
 #ifndef TVMLM_ENGINE_ENGINE_H_
 #define TVMLM_ENGINE_ENGINE_H_
 
@@ -26,7 +27,7 @@ class Engine {
 
   /*! \brief Queue a request, or finish it at once with an error delta when it cannot be served. */
   void AddRequest(RequestPtr request, std::vector<RequestDelta>* out);
-  /*! \brief Finish with "abort" if the request is still here. */
+  /*! \brief Finish every choice of the request with "abort" if it is still here. */
   void AbortRequest(const std::string& request_id, std::vector<RequestDelta>* out);
   /*! \brief Finish every request (abort on shutdown, error when a step failed unexpectedly). */
   void FinishAll(FinishReason reason, const std::string& error, std::vector<RequestDelta>* out);
@@ -40,8 +41,6 @@ class Engine {
   std::string MetricsJSON() const;
 
  private:
-  Request* Find(const std::string& request_id);
-
   EngineConfig config_;
   EngineState state_;
 };

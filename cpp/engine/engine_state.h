@@ -1,5 +1,5 @@
-// Everything one engine step reads and writes: the model, the request queues, the KV budget and
-// the counters, plus the bookkeeping every scheduling action shares.
+// Everything one engine step reads and writes: the model, the request queues, the KV budget, the
+// prefix cache and the counters, plus the bookkeeping every scheduling action shares.
 #ifndef TVMLM_ENGINE_ENGINE_STATE_H_
 #define TVMLM_ENGINE_ENGINE_STATE_H_
 
@@ -15,6 +15,7 @@
 
 #include "engine/request_state.h"
 #include "kv/kv_budget.h"
+#include "kv/prefix_cache.h"
 #include "model/model.h"
 
 namespace tvmlm {
@@ -32,9 +33,23 @@ struct EngineMetrics {
   int64_t decode_tokens = 0;
   double decode_seconds = 0.0;
   int64_t preemptions = 0;
+  /*! \brief Tokens whose KV an admission forked instead of computing. */
+  int64_t prefix_hit_tokens = 0;
+  // Latencies of finished choices that produced tokens (seconds).
+  int64_t ttft_count = 0;
+  double ttft_sum = 0.0, ttft_max = 0.0;
+  int64_t itl_count = 0;
+  double itl_sum = 0.0, itl_max = 0.0;
 };
 
 using RequestPtr = std::unique_ptr<Request>;
+
+/*! \brief Where an admitted request's KV can start: a sequence sharing its first `length` tokens. */
+struct PrefixMatch {
+  int64_t seq_id = -1;
+  int64_t length = 0;
+  bool from_cache = false;
+};
 
 class EngineState {
  public:
@@ -50,30 +65,49 @@ class EngineState {
   int64_t prefill_chunk_size = 0;
   /*! \brief Longest prompt + completion: min(context window, KV capacity). */
   int64_t max_sequence_length = 0;
+  bool prefix_cache_enabled = true;
 
   /*! \brief Arrived, or preempted (those at the front), not yet in the KV cache. */
   std::deque<RequestPtr> waiting;
   /*! \brief In the KV cache, in admission order (the newest is preempted first). */
   std::vector<RequestPtr> running;
   KVBudget kv;
+  PrefixCache prefix_cache;
   EngineMetrics metrics;
   TraceFn trace;
 
   /*! \brief Why `request` can never be served ("" when it can). */
   std::string Validate(const Request& request) const;
-  /*! \brief Give `request` a KV sequence holding its tokens after the coming prefill. */
-  void Admit(Request* request);
+
+  /*! \brief Sequence slots the running requests take, choices still to be forked included. */
+  int64_t SlotsUsed() const;
+  /*! \brief Free KV pages less those promised to admitted requests still being prefilled. */
+  int64_t FreePages() const;
+  /*! \brief Pages `request` takes to finish its prefill and fork its choices. */
+  int64_t PrefillPages(const Request& request) const;
+  /*! \brief Drop the least recently used cached prefix other than `keep`; false if none. */
+  bool EvictCachedPrefix(int64_t keep = -1);
+  /*! \brief The longest prefix of `request`'s tokens held by a cached or running sequence. */
+  PrefixMatch FindPrefix(const Request& request) const;
+
+  /*! \brief Give `request` a KV sequence, forked from `match` when it has one. */
+  void Admit(Request* request, const PrefixMatch& match);
+  /*! \brief Fork choice `index` of `parent` (just prefilled) into a new running request. */
+  Request* ForkChoice(Request* parent, int64_t index);
   /*! \brief Record a sampled token and apply the stop rules. */
   void CommitToken(Request* request, int32_t token);
-  /*! \brief Mark finished and free its KV sequence. Idempotent. */
+  /*! \brief Mark finished and free (or cache) its KV sequence. Idempotent. */
   void Finish(Request* request, FinishReason reason, const std::string& error = "");
   /*! \brief Free the KV of the newest running request and requeue it first in line. */
   void PreemptNewest();
   /*! \brief Append deltas for requests with news, and drop finished requests. */
   void CollectDeltas(std::vector<RequestDelta>* out);
+  /*! \brief Forget the prefix cache's entries (after the KV cache was cleared). */
+  void ForgetPrefixCache() { prefix_cache.Clear(); }
 
  private:
-  void FreeSequence(Request* request);
+  void FreeSequence(Request* request, bool cacheable);
+  void RemoveSequence(int64_t seq_id);
 
   std::unique_ptr<Model> model_;
   int64_t next_seq_id_ = 0;

@@ -1,10 +1,12 @@
-// One request as the engine sees it, from arrival to its last delta.
+// One choice of one request as the engine sees it, from arrival to its last delta. A request with
+// n > 1 is one Request until its prompt is prefilled, then n (the others forked from it).
 #ifndef TVMLM_ENGINE_REQUEST_STATE_H_
 #define TVMLM_ENGINE_REQUEST_STATE_H_
 
 #include <tvmlm/config.h>
 #include <tvmlm/request.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,27 +17,37 @@ namespace tvmlm {
 
 enum class RequestStatus { kWaiting, kRunning, kFinished };
 
+using Clock = std::chrono::steady_clock;
+
 struct Request {
   Request(std::string id, std::vector<int32_t> prompt, GenerationConfig config)
       : id(std::move(id)), prompt(std::move(prompt)), config(std::move(config)),
-        rng(this->config.seed) {}
+        pending_forks(this->config.n - 1), rng(this->config.seed), arrival(Clock::now()) {}
 
   std::string id;
+  /*! \brief Choice index in [0, n). */
+  int64_t index = 0;
   std::vector<int32_t> prompt;
   GenerationConfig config;
   /*! \brief Every sampled token, a final stop token included. */
   std::vector<int32_t> generated;
+  /*! \brief Choices still to fork from this one when its prompt is prefilled (n - 1, then 0). */
+  int64_t pending_forks;
 
   RequestStatus status = RequestStatus::kWaiting;
   /*! \brief KV cache sequence while admitted, else -1. */
   int64_t seq_id = -1;
   /*!
-   * \brief Tokens of prompt+generated already in the KV cache. While running, this is all of them
-   * but the last sampled token, which the next decode feeds.
+   * \brief Tokens of prompt+generated already in the KV cache. While decoding, this is all of
+   * them but the last sampled token, which the next decode feeds.
    */
   int64_t num_computed = 0;
+  /*! \brief Tokens that must be in the KV cache before the next sample (set at admission). */
+  int64_t prefill_target = 0;
   /*! \brief Admitted at least once (preempted requests are re-admitted). */
   bool ever_admitted = false;
+  /*! \brief Prompt tokens the last admission took from the prefix cache. */
+  int64_t cached_prompt_tokens = 0;
 
   /*! \brief Tokens sampled since the last delta (stop tokens excluded). */
   std::vector<int32_t> unsent_tokens;
@@ -43,12 +55,19 @@ struct Request {
   std::string error;
   SamplerRng rng;
 
+  Clock::time_point arrival;
+  Clock::time_point first_token_time;
+  Clock::time_point last_token_time;
+
   int64_t total_len() const { return static_cast<int64_t>(prompt.size() + generated.size()); }
   int32_t token_at(int64_t i) const {
     auto p = static_cast<int64_t>(prompt.size());
     return i < p ? prompt[i] : generated[i - p];
   }
   bool finished() const { return status == RequestStatus::kFinished; }
+  bool prefilling() const { return status == RequestStatus::kRunning && num_computed < prefill_target; }
+  /*! \brief Sequence slots this request takes once its choices are forked. */
+  int64_t slots() const { return 1 + pending_forks; }
 };
 
 }  // namespace tvmlm

@@ -13,13 +13,18 @@ std::unique_ptr<ThreadedEngine> CreateThreadedEngine() {
 
 namespace {
 
-RequestDelta FinalDelta(const Request& r, FinishReason reason, const std::string& error) {
-  RequestDelta d;
-  d.request_id = r.id;
-  d.finish_reason = reason;
-  d.error = error;
-  d.prompt_tokens = static_cast<int64_t>(r.prompt.size());
-  return d;
+// The final deltas of a request the engine never saw: one per choice.
+void FinalDeltas(const Request& r, FinishReason reason, const std::string& error,
+                 std::vector<RequestDelta>* out) {
+  for (int64_t i = 0; i < r.slots(); ++i) {
+    RequestDelta d;
+    d.request_id = r.id;
+    d.index = i;
+    d.finish_reason = reason;
+    d.error = error;
+    d.prompt_tokens = static_cast<int64_t>(r.prompt.size());
+    out->push_back(std::move(d));
+  }
 }
 
 }  // namespace
@@ -90,7 +95,7 @@ void ThreadedEngineImpl::AddRequest(const std::string& request_id,
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (exit_requested_) throw std::runtime_error("add_request: the engine has been shut down");
-    if (!active_ids_.insert(request_id).second) {
+    if (!active_ids_.emplace(request_id, request->slots()).second) {
       throw std::invalid_argument("add_request: request id '" + request_id + "' is already active");
     }
     request_queue_.push_back(std::move(request));
@@ -148,17 +153,17 @@ void ThreadedEngineImpl::StepOnce(std::deque<RequestPtr> requests,
     if (engine_) {
       engine_->AddRequest(std::move(r), &deltas);
     } else {
-      deltas.push_back(FinalDelta(*r, FinishReason::kError, "no model loaded (call reload)"));
+      FinalDeltas(*r, FinishReason::kError, "no model loaded (call reload)", &deltas);
     }
   }
   if (engine_) {
     for (const std::string& id : aborts) engine_->AbortRequest(id, &deltas);
   }
-  PushDeltas(std::move(deltas));
+  DeliverLocked(std::move(deltas));
 
   if (engine_ && engine_->HasUnfinished()) {
     try {
-      engine_->Step([this](std::vector<RequestDelta> d) { PushDeltas(std::move(d)); });
+      engine_->Step([this](std::vector<RequestDelta> d) { DeliverLocked(std::move(d)); });
     } catch (const std::exception& e) {
       // Actions contain model errors per batch; anything reaching here is unexpected. Fail the
       // requests in flight rather than the process, and keep serving new ones.
@@ -244,11 +249,20 @@ void ThreadedEngineImpl::PushDeltas(std::vector<RequestDelta> deltas) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (RequestDelta& d : deltas) {
-      if (d.finish_reason != FinishReason::kNotFinished) active_ids_.erase(d.request_id);
+      if (d.finish_reason != FinishReason::kNotFinished) {
+        auto it = active_ids_.find(d.request_id);
+        if (it != active_ids_.end() && --it->second <= 0) active_ids_.erase(it);
+      }
       delta_queue_.push_back(std::move(d));
     }
   }
   stream_cv_.notify_one();
+}
+
+void ThreadedEngineImpl::DeliverLocked(std::vector<RequestDelta> deltas) {
+  if (deltas.empty()) return;
+  PublishStateLocked();
+  PushDeltas(std::move(deltas));
 }
 
 void ThreadedEngineImpl::PushTrace(std::string event_json) {
@@ -267,7 +281,7 @@ void ThreadedEngineImpl::AbortEverythingLocked() {
     abort_queue_.clear();
   }
   std::vector<RequestDelta> deltas;
-  for (const RequestPtr& r : queued) deltas.push_back(FinalDelta(*r, FinishReason::kAbort, ""));
+  for (const RequestPtr& r : queued) FinalDeltas(*r, FinishReason::kAbort, "", &deltas);
   if (engine_) engine_->FinishAll(FinishReason::kAbort, "", &deltas);
   PushDeltas(std::move(deltas));
 }

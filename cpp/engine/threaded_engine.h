@@ -17,7 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/engine.h"
@@ -44,6 +44,11 @@ class ThreadedEngineImpl final : public ThreadedEngine {
  private:
   /*! \brief Hand deltas to the stream-back loop. Takes mu_. */
   void PushDeltas(std::vector<RequestDelta> deltas);
+  /*!
+   * \brief Refresh the metrics snapshot, then push: whoever sees a delta sees metrics at least as
+   * new. Caller holds engine_mu_.
+   */
+  void DeliverLocked(std::vector<RequestDelta> deltas);
   void PushTrace(std::string event_json);
   /*! \brief Abort queued and in-flight requests. Caller holds engine_mu_. */
   void AbortEverythingLocked();
@@ -62,8 +67,8 @@ class ThreadedEngineImpl final : public ThreadedEngine {
   std::vector<std::string> abort_queue_;
   std::vector<RequestDelta> delta_queue_;
   std::vector<std::string> trace_queue_;
-  /*! \brief Requests added and not yet finished, to reject duplicate ids. */
-  std::unordered_set<std::string> active_ids_;
+  /*! \brief Requests added and not yet finished -> choices still to finish (rejects duplicates). */
+  std::unordered_map<std::string, int64_t> active_ids_;
   bool exit_requested_ = false;
   bool loop_running_ = false;
   bool stream_loop_running_ = false;

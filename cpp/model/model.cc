@@ -163,6 +163,12 @@ void Model::CreateKVCache(int64_t max_batch_size, int64_t max_total_seq_len,
                                ffi::Shape({0}) /* no sliding window */);
   kv_prefill_chunk_ = prefill_chunk_size;
   kv_max_batch_ = max_batch_size;
+  kv_total_pages_ = FreePages();
+}
+
+int64_t Model::FreePages() const {
+  CheckKVCache();
+  return Global("vm.builtin.attention_kv_cache_get_num_available_pages")(kv_cache_).cast<int64_t>();
 }
 
 void Model::CheckKVCache() const {
@@ -217,7 +223,9 @@ ffi::Tensor Model::Embed(const std::vector<int32_t>& token_ids) {
                                   std::to_string(metadata_.vocab_size) + ")");
     }
   }
-  ConfigureThreadPoolForThisThread(num_threads_);
+  // TVM's CPU thread pool runs the kernels only on a CPU device; on a GPU, configuring it is
+  // useless (and crashed inside TVM's ThreadGroup on the GPU check machine).
+  if (device_.device_type == kDLCPU) ConfigureThreadPoolForThisThread(num_threads_);
   return embed_(Int32ToDevice(token_ids), params_).cast<ffi::Tensor>();
 }
 

@@ -45,6 +45,10 @@ class Model {
   /*! \brief Most tokens one BatchPrefill call may take (the KV cache's prefill chunk). */
   int64_t prefill_chunk_size() const { return kv_prefill_chunk_; }
   int64_t max_batch_size() const { return kv_max_batch_; }
+  /*! \brief Pages the cache allocated (TVM adds one spare page to ceil(capacity / 16)). */
+  int64_t total_pages() const { return kv_total_pages_; }
+  /*! \brief Pages not held by any sequence: the cache's own count, so sharing is accounted. */
+  int64_t FreePages() const;
 
   void AddSequence(int64_t seq_id);
   void RemoveSequence(int64_t seq_id);
@@ -89,6 +93,7 @@ class Model {
   tvm::ffi::Any kv_cache_;
   int64_t kv_prefill_chunk_ = 0;
   int64_t kv_max_batch_ = 0;
+  int64_t kv_total_pages_ = 0;
 
   tvm::ffi::Function embed_, batch_prefill_, batch_decode_, create_kv_cache_;
 };

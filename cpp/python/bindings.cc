@@ -84,9 +84,17 @@ class PyModel {
     std::lock_guard<std::mutex> lock(mu_);
     model_.RemoveSequence(seq_id);
   }
-  void ForkSequence(int64_t parent, int64_t child) {
+  void ForkSequence(int64_t parent, int64_t child, int64_t fork_pos) {
     std::lock_guard<std::mutex> lock(mu_);
-    model_.ForkSequence(parent, child);
+    model_.ForkSequence(parent, child, fork_pos);
+  }
+  void PopN(int64_t seq_id, int64_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    model_.PopN(seq_id, n);
+  }
+  int64_t FreePages() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return model_.FreePages();
   }
 
   py::array_t<float> Prefill(std::vector<int64_t> seq_ids,
@@ -180,16 +188,20 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<RequestDelta>(m, "RequestDelta")
       .def_readonly("request_id", &RequestDelta::request_id)
+      .def_readonly("index", &RequestDelta::index)
       .def_readonly("token_ids", &RequestDelta::token_ids)
       .def_property_readonly("finish_reason", &FinishReasonOrNone)
       .def_readonly("error", &RequestDelta::error)
       .def_readonly("prompt_tokens", &RequestDelta::prompt_tokens)
       .def_readonly("completion_tokens", &RequestDelta::completion_tokens)
+      .def_readonly("cached_prompt_tokens", &RequestDelta::cached_prompt_tokens)
+      .def_readonly("time_to_first_token", &RequestDelta::time_to_first_token)
+      .def_readonly("inter_token_latency", &RequestDelta::inter_token_latency)
       .def("__repr__", [](const RequestDelta& d) {
         std::string reason = d.finish_reason == FinishReason::kNotFinished
                                  ? "None"
                                  : std::string("'") + FinishReasonName(d.finish_reason) + "'";
-        return "RequestDelta(request_id='" + d.request_id + "', " +
+        return "RequestDelta(request_id='" + d.request_id + "', index=" + std::to_string(d.index) + ", " +
                std::to_string(d.token_ids.size()) + " tokens, finish_reason=" + reason +
                (d.error.empty() ? "" : ", error='" + d.error + "'") + ")";
       });
@@ -202,7 +214,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_total_seq_len"), py::arg("prefill_chunk_size"), release())
       .def("add_sequence", &PyModel::AddSequence, py::arg("seq_id"), release())
       .def("remove_sequence", &PyModel::RemoveSequence, py::arg("seq_id"), release())
-      .def("fork_sequence", &PyModel::ForkSequence, py::arg("parent"), py::arg("child"), release())
+      .def("fork_sequence", &PyModel::ForkSequence, py::arg("parent"), py::arg("child"),
+           py::arg("fork_pos") = -1, release())
+      .def("popn", &PyModel::PopN, py::arg("seq_id"), py::arg("n"), release())
+      .def_property_readonly("free_pages", &PyModel::FreePages)
       .def("prefill", &PyModel::Prefill, py::arg("seq_ids"), py::arg("token_ids"))
       .def("decode", &PyModel::Decode, py::arg("seq_ids"), py::arg("token_ids"));
 

@@ -76,7 +76,8 @@ class EngineConfig:
     prefill_chunk_size: most prompt tokens run in one prefill step (>= 1, <= the total length).
     gpu_memory_utilization: fraction in (0, 1] of device memory to plan with (cpu: available RAM).
     num_threads: CPU compute threads (>= 1); default: physical cores we may run on.
-    prefix_cache: reuse KV of shared prompt prefixes (not supported yet; only False/None).
+    prefix_cache: reuse the KV of shared token prefixes (system prompts, earlier chat turns) by
+        forking it from cached or running sequences; default True.
     kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's.
     """
 
@@ -147,6 +148,7 @@ class ResolvedConfig:
             "max_total_sequence_length": self.max_total_sequence_length,
             "prefill_chunk_size": self.prefill_chunk_size,
             "num_threads": self.num_threads,
+            "prefix_cache": self.prefix_cache,
         }
 
 
@@ -240,9 +242,6 @@ def resolve_engine_config(
     missing = [k for k in REQUIRED_META if k not in model_meta]
     if missing:
         raise ModelError(f"model metadata lacks {', '.join(missing)} (needed to size the engine)")
-    if user.prefix_cache:
-        raise ConfigError.bad_value("prefix_cache", True, "False or None (not supported yet)")
-
     is_cpu = device_kind == "cpu"
     ctx = int(model_meta["context_window_size"])
     model_chunk = int(model_meta["prefill_chunk_size"])
@@ -257,7 +256,7 @@ def resolve_engine_config(
 
     utilization = user_or("gpu_memory_utilization", DEFAULT_UTILIZATION["cpu" if is_cpu else "gpu"])
     kv_dtype = user_or("kv_dtype", _model_kv_dtype(model_meta))
-    prefix_cache = bool(user_or("prefix_cache", False))
+    prefix_cache = bool(user_or("prefix_cache", True))
     if is_cpu:
         num_threads = user_or("num_threads", (cpu_count_fn or host_cpu_count)())
     else:

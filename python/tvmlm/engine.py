@@ -36,6 +36,10 @@ logger = logging.getLogger("tvmlm")
 PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json")
 
 
+#: `_Delta.index` of the synthetic delta that ends every unfinished choice (terminate).
+ALL_CHOICES = -1
+
+
 @dataclass
 class _Delta:
     """A delta as the Python side sees it (also used for synthetic aborts on terminate)."""
@@ -45,16 +49,50 @@ class _Delta:
     error: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0
+    cached_prompt_tokens: int = 0
 
 
 @dataclass
 class _Output:
-    """One step of a request's output, as text."""
+    """One step of one choice's output, as text."""
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
+
+
+@dataclass
+class _Timing:
+    """Per-request latencies as the caller sees them (usage.extra)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    last: float = 0.0
+    first_tokens: int = 0
+    tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    def saw(self, delta: _Delta) -> None:
+        self.cached_prompt_tokens = max(self.cached_prompt_tokens, delta.cached_prompt_tokens)
+        if not delta.token_ids:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first, self.first_tokens = now, len(delta.token_ids)
+        self.last = now
+        self.tokens += len(delta.token_ids)
+
+    def usage_extra(self) -> dict[str, Any]:
+        """time_to_first_token_s, inter_token_latency_s (mean gap per token after the first
+        delivery, over all choices), cached_prompt_tokens (prefix cache hit)."""
+        ttft = (self.first - self.start) if self.first is not None else None
+        later = self.tokens - self.first_tokens
+        itl = (self.last - self.first) / later if self.first is not None and later > 0 else None
+        return {"time_to_first_token_s": ttft, "inter_token_latency_s": itl,
+                "cached_prompt_tokens": self.cached_prompt_tokens}
 
 
 @dataclass
@@ -169,6 +207,7 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._core = None
         self._queues: dict[str, queue.Queue] = {}
+        self._unfinished: dict[str, int] = {}  # request id -> choices without a final delta
         self._queues_lock = threading.Lock()
         self._counters = {"requests": 0, "errors": 0}
         t0 = time.perf_counter()
@@ -250,7 +289,7 @@ class Engine:
             pending = list(self._queues.items())
             self._queues = {}
         for _, q in pending:
-            q.put(_Delta([], "abort"))
+            q.put(_Delta([], "abort", index=ALL_CHOICES))
         if core is not None:
             core.unload()
             self._core = None
@@ -261,6 +300,7 @@ class Engine:
             raise EngineClosedError("this Engine has been terminated; create a new Engine")
 
     def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, queue.Queue]:
+        """Validate what the core would reject late, queue the request; (request id, its queue)."""
         self._check_open()
         context = int(self.metadata["context_window_size"])
         if len(prompt_ids) == 0:
@@ -281,16 +321,24 @@ class Engine:
                 f"{self.config.max_total_sequence_length}; shorten the prompt or raise it in EngineConfig"
             )
         generation["max_tokens"] = min(int(generation["max_tokens"]), limit)
+        n = int(generation.get("n", 1))
+        if n > self.config.max_num_sequence:
+            raise RequestError(
+                f"n={n} exceeds max_num_sequence ({self.config.max_num_sequence}): the choices are "
+                "decoded together; lower n or raise max_num_sequence in EngineConfig"
+            )
         request_id = uuid.uuid4().hex
         q: queue.Queue = queue.Queue()
         with self._queues_lock:
             self._queues[request_id] = q
+            self._unfinished[request_id] = n
         self._counters["requests"] += 1
         try:
             self._core.add_request(request_id, list(prompt_ids), json.dumps(generation))
         except BaseException:
             with self._queues_lock:
                 self._queues.pop(request_id, None)
+                self._unfinished.pop(request_id, None)
             raise
         return request_id, q
 
@@ -301,53 +349,68 @@ class Engine:
                 q = self._queues.get(d.request_id)
                 if q is None:
                     continue  # the caller went away (aborted) and nobody is listening
-                q.put(_Delta(list(d.token_ids), d.finish_reason, d.error, d.prompt_tokens, d.completion_tokens))
+                q.put(_Delta(list(d.token_ids), d.finish_reason, d.error, d.prompt_tokens,
+                             d.completion_tokens, d.index, d.cached_prompt_tokens))
                 if d.finish_reason is not None:
-                    del self._queues[d.request_id]
+                    self._unfinished[d.request_id] -= 1
+                    if self._unfinished[d.request_id] <= 0:  # every choice has ended
+                        del self._queues[d.request_id], self._unfinished[d.request_id]
 
     def abort(self, request_id: str) -> None:
         """Abort a request; its stream ends with finish_reason "abort"."""
         if not self._closed and self._core is not None:
             self._core.abort_request(request_id)
 
-    def _stream(self, request_id: str, q: queue.Queue, text_stream: _TextStream) -> Iterator[_Output]:
-        """Yield text outputs until the request finishes; abort it if the consumer stops early."""
-        done = False
+    def _stream(self, request_id: str, q: queue.Queue, streams: list[_TextStream],
+                timing: _Timing) -> Iterator[_Output]:
+        """Yield text outputs of every choice until all have finished; abort the request if the
+        consumer stops early. A stop string ends its choice here; the request is aborted in the
+        core (freeing its KV) once no choice is left that the core is still running."""
+        open_choices = set(range(len(streams)))  # not yet finished for the caller
+        core_running = set(open_choices)  # no final delta from the core yet
         try:
-            while True:
+            while open_choices:
                 delta: _Delta = q.get()
-                if delta.finish_reason == "error":
-                    self._counters["errors"] += 1
-                    done = True
-                    raise RequestError(f"request failed in the engine: {delta.error}")
-                text, finish = text_stream.feed(delta)
-                if finish is not None:
-                    done = True
-                    if delta.finish_reason is None:  # a stop string ended it early: free its KV now
-                        self.abort(request_id)
-                    yield _Output(text, finish, text_stream.prompt_tokens, text_stream.completion_tokens)
-                    return
-                if text:
-                    yield _Output(text, None, text_stream.prompt_tokens, text_stream.completion_tokens)
+                indices = sorted(core_running) if delta.index == ALL_CHOICES else [delta.index]
+                for index in indices:
+                    if delta.finish_reason is not None:
+                        core_running.discard(index)
+                    if index not in open_choices:
+                        continue  # ended by a stop string already
+                    if delta.finish_reason == "error":
+                        self._counters["errors"] += 1
+                        raise RequestError(f"request failed in the engine: {delta.error}")
+                    timing.saw(delta)
+                    text, finish = streams[index].feed(delta)
+                    if finish is not None:
+                        open_choices.discard(index)
+                    if text or finish is not None:
+                        stream = streams[index]
+                        yield _Output(text, finish, stream.prompt_tokens, stream.completion_tokens, index)
         finally:
-            if not done:
+            if core_running:
                 self.abort(request_id)
 
-    def _generate(self, prompt_ids: list[int], req: protocol._SamplingRequest) -> Iterator[_Output]:
+    def _generate(self, prompt_ids: list[int], req: protocol._SamplingRequest) -> tuple[Iterator[_Output], _Timing]:
         generation = req.generation_config(
             default_max_tokens=int(self.metadata["context_window_size"]),
             stop_token_ids=[] if req.ignore_eos else self.tokenizer.eos_token_ids,
             defaults=self.sampling_defaults,
         )
+        timing = _Timing()
         request_id, q = self._submit(prompt_ids, generation)
-        stream = _TextStream(
-            IncrementalDetokenizer(self.tokenizer.decode, prompt_ids),
-            StopStringMatcher(req.stop) if req.stop else None,
-        )
-        return self._stream(request_id, q, stream)
+        streams = [
+            _TextStream(
+                IncrementalDetokenizer(self.tokenizer.decode, prompt_ids),
+                StopStringMatcher(req.stop) if req.stop else None,
+            )
+            for _ in range(req.n)
+        ]
+        return self._stream(request_id, q, streams, timing), timing
 
     def metrics(self) -> dict[str, Any]:
-        """Counters: requests, tokens, prefill/decode tokens per second, KV use."""
+        """The core's counters (docs/contracts.md section 2: queues, tokens and tokens/s, KV pages,
+        prefix cache hits, preemptions, latencies) plus this object's request/error counts."""
         self._check_open()
         core = json.loads(self._core.metrics())
         return {**core, "python_requests": self._counters["requests"], "python_errors": self._counters["errors"]}
@@ -377,36 +440,62 @@ class _ChatCompletions:
             [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
         )
         prompt_ids = engine.tokenizer.encode(rendered, add_special_tokens=False)
-        outputs = engine._generate(prompt_ids, req)
+        outputs, timing = engine._generate(prompt_ids, req)
         model = req.model or engine.model_name
         if stream:
-            return _chat_chunks(outputs, model, req.include_usage)
-        text, finish, usage = _collect(outputs)
-        return protocol.build_chat_completion(model, text, finish, usage[0], usage[1])
+            return _chat_chunks(outputs, timing, model, req.include_usage)
+        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
+        return protocol.build_chat_completion(model, texts, finishes, prompt_tokens, completion_tokens,
+                                              usage_extra=timing.usage_extra())
 
 
-def _collect(outputs: Iterator[_Output]) -> tuple[str, str, tuple[int, int]]:
-    parts: list[str] = []
-    last = None
+class _Usage:
+    """Token counts over a request's choices, from their latest outputs."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion: dict[int, int] = {}
+
+    def add(self, out: _Output) -> None:
+        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.completion[out.index] = out.completion_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.completion.values())
+
+
+def _collect(outputs: Iterator[_Output], n: int) -> tuple[list[str], list[str], int, int]:
+    """(texts, finish reasons) by choice index, prompt tokens, completion tokens of all choices."""
+    parts: list[list[str]] = [[] for _ in range(n)]
+    finishes: list[str | None] = [None] * n
+    usage = _Usage()
     for out in outputs:
-        parts.append(out.text)
-        last = out
-    assert last is not None and last.finish_reason is not None
-    return "".join(parts), last.finish_reason, (last.prompt_tokens, last.completion_tokens)
+        parts[out.index].append(out.text)
+        finishes[out.index] = out.finish_reason or finishes[out.index]
+        usage.add(out)
+    assert all(f is not None for f in finishes)
+    return ["".join(p) for p in parts], finishes, usage.prompt_tokens, usage.completion_tokens
 
 
-def _chat_chunks(outputs: Iterator[_Output], model: str, include_usage: bool):
+def _chat_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
     chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
-    first = True
+    started: set[int] = set()  # choices whose first chunk (with the role) went out
+    usage = _Usage()
     try:
         for out in outputs:
-            if out.text or out.finish_reason is None or first:
-                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text, role=first)
-                first = False
+            usage.add(out)
+            i = out.index
+            if out.text or out.finish_reason is None or i not in started:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text,
+                                                role=i not in started, index=i)
+                started.add(i)
             if out.finish_reason is not None:
-                yield protocol.build_chat_chunk(chunk_id, model, created, content=None, finish_reason=out.finish_reason)
-                if include_usage:
-                    yield protocol.build_chat_usage_chunk(chunk_id, model, created, out.prompt_tokens, out.completion_tokens)
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=None,
+                                                finish_reason=out.finish_reason, index=i)
+        if include_usage:
+            yield protocol.build_chat_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
+                                                  usage.completion_tokens, timing.usage_extra())
     finally:
         outputs.close()  # aborts the request when the consumer stops early
 
@@ -429,20 +518,25 @@ class _Completions:
             prompt_ids = engine.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
-        outputs = engine._generate(prompt_ids, req)
+        outputs, timing = engine._generate(prompt_ids, req)
         model = req.model or engine.model_name
         if stream:
-            return _completion_chunks(outputs, model, req.include_usage)
-        text, finish, usage = _collect(outputs)
-        return protocol.build_completion(model, text, finish, usage[0], usage[1])
+            return _completion_chunks(outputs, timing, model, req.include_usage)
+        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
+        return protocol.build_completion(model, texts, finishes, prompt_tokens, completion_tokens,
+                                         usage_extra=timing.usage_extra())
 
 
-def _completion_chunks(outputs: Iterator[_Output], model: str, include_usage: bool):
+def _completion_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
     chunk_id, created = protocol.new_completion_id(), int(time.time())
+    usage = _Usage()
     try:
         for out in outputs:
-            yield protocol.build_completion_chunk(chunk_id, model, created, out.text, out.finish_reason)
-            if out.finish_reason is not None and include_usage:
-                yield protocol.build_completion_usage_chunk(chunk_id, model, created, out.prompt_tokens, out.completion_tokens)
+            usage.add(out)
+            yield protocol.build_completion_chunk(chunk_id, model, created, out.text, out.finish_reason,
+                                                  index=out.index)
+        if include_usage:
+            yield protocol.build_completion_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
+                                                        usage.completion_tokens, timing.usage_extra())
     finally:
         outputs.close()

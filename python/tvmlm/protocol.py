@@ -33,6 +33,8 @@ from .errors import RequestError
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 MAX_STOP_STRINGS = 16
+#: Most choices per request (the engine also needs n <= max_num_sequence: they decode together).
+MAX_N = 128
 #: Sampling values used when neither the request nor the model's generation defaults set one.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
@@ -210,10 +212,8 @@ class _SamplingRequest(_Request):
     @field_validator("n")
     @classmethod
     def _n(cls, v: int) -> int:
-        if v > 1:
-            raise ValueError(f"n > 1 is not supported yet (got {v}); use n=1")
-        if v < 1:
-            raise ValueError(f"must be 1, got {v}")
+        if not 1 <= v <= MAX_N:
+            raise ValueError(f"must be in [1, {MAX_N}], got {v}")
         return v
 
     @field_validator("frequency_penalty", "presence_penalty")
@@ -256,6 +256,7 @@ class _SamplingRequest(_Request):
             "seed": self.seed,
             "stop_token_ids": [int(t) for t in stop_token_ids],
             "ignore_eos": self.ignore_eos,
+            "n": self.n,
         }
 
     @property
@@ -446,30 +447,38 @@ class Completion(BaseModel):
 # Builders the engine calls: one per response kind, ids/created defaulted for whole responses and
 # passed in for stream chunks (every chunk of a stream shares the first one's id and created).
 
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def build_chat_completion(
-    model: str, text: str, finish_reason: FinishReason, prompt_tokens: int,
-    completion_tokens: int, *, id: str | None = None, created: int | None = None,
-    usage_extra: dict | None = None,
+    model: str, text: str | Sequence[str], finish_reason: FinishReason | Sequence[FinishReason],
+    prompt_tokens: int, completion_tokens: int, *, id: str | None = None,
+    created: int | None = None, usage_extra: dict | None = None,
 ) -> ChatCompletion:
-    """A finished chat completion with one choice and usage."""
+    """A finished chat completion and usage: one choice, or one per text when given lists (n > 1;
+    `completion_tokens` counts all of them)."""
+    texts, reasons = _as_list(text), _as_list(finish_reason)
     return ChatCompletion(
         id=id or new_chat_completion_id(), created=created if created is not None else _now(),
         model=model,
-        choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=text),
-                                      finish_reason=finish_reason)],
+        choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=t),
+                                      finish_reason=f)
+                 for i, (t, f) in enumerate(zip(texts, reasons, strict=True))],
         usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
     )
 
 
 def build_chat_chunk(
     id: str, model: str, created: int, *, content: str | None = None, role: bool = False,
-    finish_reason: FinishReason | None = None,
+    finish_reason: FinishReason | None = None, index: int = 0,
 ) -> ChatCompletionChunk:
-    """A content chunk; `role=True` marks the first chunk (delta.role = "assistant")."""
+    """A content chunk of choice `index`; `role=True` marks a choice's first chunk
+    (delta.role = "assistant")."""
     delta = ChoiceDelta(role="assistant" if role else None, content=content)
     return ChatCompletionChunk(
         id=id, created=created, model=model,
-        choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=finish_reason)],
+        choices=[ChatCompletionChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
     )
 
 
@@ -484,24 +493,28 @@ def build_chat_usage_chunk(
 
 
 def build_completion(
-    model: str, text: str, finish_reason: FinishReason, prompt_tokens: int,
-    completion_tokens: int, *, id: str | None = None, created: int | None = None,
-    usage_extra: dict | None = None,
+    model: str, text: str | Sequence[str], finish_reason: FinishReason | Sequence[FinishReason],
+    prompt_tokens: int, completion_tokens: int, *, id: str | None = None,
+    created: int | None = None, usage_extra: dict | None = None,
 ) -> Completion:
-    """A finished text completion with one choice and usage."""
+    """A finished text completion and usage: one choice, or one per text when given lists."""
+    texts, reasons = _as_list(text), _as_list(finish_reason)
     return Completion(
         id=id or new_completion_id(), created=created if created is not None else _now(),
-        model=model, choices=[CompletionChoice(text=text, finish_reason=finish_reason)],
+        model=model,
+        choices=[CompletionChoice(index=i, text=t, finish_reason=f)
+                 for i, (t, f) in enumerate(zip(texts, reasons, strict=True))],
         usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
     )
 
 
 def build_completion_chunk(
     id: str, model: str, created: int, text: str, finish_reason: FinishReason | None = None,
+    index: int = 0,
 ) -> Completion:
-    """One streamed piece of a text completion."""
+    """One streamed piece of choice `index` of a text completion."""
     return Completion(id=id, created=created, model=model,
-                      choices=[CompletionChoice(text=text, finish_reason=finish_reason)])
+                      choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)])
 
 
 def build_completion_usage_chunk(

@@ -1,5 +1,7 @@
-// Scheduling actions: each is one phase of an engine step over the shared EngineState
-// (as MLC's engine_actions, one per file).
+// Scheduling actions: each is one phase of an engine step over the shared EngineState (as MLC's
+// engine_actions, one per file). The policy that runs them is Engine::Step:
+//   admit -> one prefill chunk -> one decode of every request past its prefill.
+// One chunk per step keeps decode steps coming while a long prompt is prefilled.
 #ifndef TVMLM_ENGINE_ACTIONS_ACTIONS_H_
 #define TVMLM_ENGINE_ACTIONS_ACTIONS_H_
 
@@ -8,14 +10,22 @@
 namespace tvmlm {
 
 /*!
- * \brief Admit waiting requests while the batch and the KV budget allow, prefill all of them
- * (in as few batch_prefill calls as the prefill chunk allows) and sample each one's next token.
+ * \brief Move waiting requests (FIFO) into the running batch while sequence slots and KV pages
+ * allow, starting each from the longest cached or running prefix of its tokens.
+ */
+void AdmitAction(EngineState* state);
+
+/*!
+ * \brief Run one batch_prefill of at most prefill_chunk_size tokens from the running requests
+ * still being prefilled (oldest first; the last one may be split). A request whose prompt is
+ * done forks its other choices and samples each one's first token.
  */
 void PrefillAction(EngineState* state);
 
 /*!
- * \brief Decode every running request in one batch_decode call and sample; preempts the newest
- * requests first when the KV cache cannot grow every sequence by a token.
+ * \brief Decode every request past its prefill in one batch_decode call and sample. When the
+ * KV cache cannot grow them all by a token, evict cached prefixes, then preempt the newest
+ * requests.
  */
 void DecodeAction(EngineState* state);
 

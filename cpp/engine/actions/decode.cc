@@ -8,30 +8,39 @@ namespace tvmlm {
 
 namespace {
 
-// Pages the running batch needs for one more token each.
+bool Decoding(const Request& r) { return !r.finished() && r.status == RequestStatus::kRunning && !r.prefilling(); }
+
+// Pages the decoding requests need for one more token each: one per sequence on a page boundary.
 int64_t PagesNeeded(const EngineState& s) {
   int64_t pages = 0;
   for (const RequestPtr& r : s.running) {
-    if (!r->finished()) pages += s.kv.ExtraPages(r->seq_id, r->total_len());
+    if (Decoding(*r)) pages += s.kv.GrowPages(r->num_computed, r->num_computed + 1);
   }
   return pages;
+}
+
+// Cached prefixes go first, then the newest requests (recomputed when re-admitted). A lone
+// request always fits: Validate capped its length at the KV capacity.
+void MakeRoom(EngineState* s) {
+  while (PagesNeeded(*s) > s->FreePages()) {
+    if (s->EvictCachedPrefix()) continue;
+    if (s->running.size() <= 1) break;
+    s->PreemptNewest();
+  }
 }
 
 }  // namespace
 
 void DecodeAction(EngineState* s) {
-  // A lone request always fits: its length is capped by the KV capacity (max_sequence_length).
-  while (s->running.size() > 1 && PagesNeeded(*s) > s->kv.free_pages()) s->PreemptNewest();
-
+  MakeRoom(s);
   std::vector<Request*> batch;
   std::vector<int64_t> seq_ids;
   std::vector<int32_t> tokens;
   for (const RequestPtr& r : s->running) {
-    if (r->finished()) continue;
+    if (!Decoding(*r)) continue;
     batch.push_back(r.get());
     seq_ids.push_back(r->seq_id);
     tokens.push_back(r->generated.back());  // the sampled token not yet in the KV cache
-    s->kv.SetLength(r->seq_id, r->total_len());
   }
   if (batch.empty()) return;
 
@@ -58,7 +67,7 @@ void DecodeAction(EngineState* s) {
 
   for (size_t i = 0; i < batch.size(); ++i) {
     Request* r = batch[i];
-    r->num_computed = r->total_len();
+    r->num_computed += 1;
     s->CommitToken(r, SampleToken(logits.row(i), logits.vocab, r->config, &r->rng));
   }
 }

@@ -9,55 +9,57 @@ namespace tvmlm {
 
 namespace {
 
-// Move waiting requests into the running batch while there is a sequence slot and KV room for
-// the prompt plus one decoded token. Strict FIFO: a large request at the head is not overtaken.
-std::vector<Request*> Admit(EngineState* s) {
-  std::vector<Request*> admitted;
-  while (!s->waiting.empty() && static_cast<int64_t>(s->running.size()) < s->max_num_sequence) {
-    Request* r = s->waiting.front().get();
-    if (s->kv.PagesFor(r->total_len() + 1) > s->kv.free_pages()) break;
-    s->running.push_back(std::move(s->waiting.front()));
-    s->waiting.pop_front();
-    try {
-      s->Admit(r);
-      admitted.push_back(r);
-    } catch (const std::exception& e) {
-      s->Finish(r, FinishReason::kError, std::string("admission failed: ") + e.what());
-    }
-  }
-  return admitted;
-}
-
-// A request being prefilled: it is done when `target` tokens are in the KV cache. (Its total
-// length grows by one as soon as its next token is sampled, so it is no measure of "done".)
-struct Pending {
-  Request* request;
-  int64_t target;
-};
-
 struct Chunk {
   Request* request;
   int64_t length;
-  bool last;  // the request's final tokens go in with this chunk
 };
 
-// The next batch_prefill call: requests' uncomputed tokens in admission order until the prefill
-// chunk is full; the last one may be split and continues in the next call.
-std::vector<Chunk> NextChunks(const std::vector<Pending>& pending, int64_t chunk_size) {
+// The next batch_prefill call: uncomputed tokens of the requests being prefilled, in admission
+// order, until the chunk is full; the last one may be split and continues next step.
+std::vector<Chunk> NextChunks(const EngineState& s) {
   std::vector<Chunk> chunks;
-  int64_t budget = chunk_size;
-  for (const Pending& p : pending) {
+  int64_t budget = s.prefill_chunk_size;
+  for (const RequestPtr& r : s.running) {
     if (budget == 0) break;
-    int64_t remaining = p.target - p.request->num_computed;
-    if (p.request->finished() || remaining <= 0) continue;
-    int64_t take = std::min(remaining, budget);
-    chunks.push_back({p.request, take, take == remaining});
+    if (!r->prefilling()) continue;
+    int64_t take = std::min(r->prefill_target - r->num_computed, budget);
+    chunks.push_back({r.get(), take});
     budget -= take;
   }
   return chunks;
 }
 
-void RunPrefill(EngineState* s, const std::vector<Chunk>& chunks) {
+void TraceEvent(EngineState* s, int64_t batch, int64_t tokens, double seconds) {
+  if (!s->trace) return;
+  json::Object ev;
+  ev.Set(tvm::ffi::String("event"), tvm::ffi::String("prefill"));
+  ev.Set(tvm::ffi::String("batch_size"), batch);
+  ev.Set(tvm::ffi::String("tokens"), tokens);
+  ev.Set(tvm::ffi::String("seconds"), seconds);
+  s->trace(json::Stringify(ev));
+}
+
+// The prompt of `r` is in the KV cache: fork its other choices, then sample every choice's
+// first token from the same logits, each with its own random stream.
+void StartChoices(EngineState* s, Request* r, const float* logits, int64_t vocab) {
+  std::vector<Request*> choices = {r};
+  try {
+    for (int64_t i = 1; i <= r->pending_forks; ++i) choices.push_back(s->ForkChoice(r, r->index + i));
+  } catch (const std::exception& e) {
+    // Choices not yet forked finish with the parent (their final deltas come with its own).
+    r->pending_forks -= static_cast<int64_t>(choices.size()) - 1;
+    for (Request* c : choices) s->Finish(c, FinishReason::kError, std::string("fork failed: ") + e.what());
+    return;
+  }
+  r->pending_forks = 0;
+  for (Request* c : choices) s->CommitToken(c, SampleToken(logits, vocab, c->config, &c->rng));
+}
+
+}  // namespace
+
+void PrefillAction(EngineState* s) {
+  std::vector<Chunk> chunks = NextChunks(*s);
+  if (chunks.empty()) return;
   std::vector<int64_t> seq_ids;
   std::vector<std::vector<int32_t>> inputs;
   int64_t num_tokens = 0;
@@ -83,34 +85,13 @@ void RunPrefill(EngineState* s, const std::vector<Chunk>& chunks) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   s->metrics.prefill_tokens += num_tokens;
   s->metrics.prefill_seconds += seconds;
-  if (s->trace) {
-    json::Object ev;
-    ev.Set(tvm::ffi::String("event"), tvm::ffi::String("prefill"));
-    ev.Set(tvm::ffi::String("batch_size"), static_cast<int64_t>(chunks.size()));
-    ev.Set(tvm::ffi::String("tokens"), num_tokens);
-    ev.Set(tvm::ffi::String("seconds"), seconds);
-    s->trace(json::Stringify(ev));
-  }
+  TraceEvent(s, static_cast<int64_t>(chunks.size()), num_tokens, seconds);
 
   for (size_t i = 0; i < chunks.size(); ++i) {
     Request* r = chunks[i].request;
     r->num_computed += chunks[i].length;
-    // Only a request whose last token went in has meaningful logits: sample its next token.
-    if (chunks[i].last) {
-      s->CommitToken(r, SampleToken(logits.row(i), logits.vocab, r->config, &r->rng));
-    }
-  }
-}
-
-}  // namespace
-
-void PrefillAction(EngineState* s) {
-  std::vector<Pending> pending;
-  for (Request* r : Admit(s)) pending.push_back({r, r->total_len()});
-  for (;;) {
-    std::vector<Chunk> chunks = NextChunks(pending, s->prefill_chunk_size);
-    if (chunks.empty()) break;
-    RunPrefill(s, chunks);
+    // Only a request whose last token went in has meaningful logits.
+    if (r->num_computed == r->prefill_target) StartChoices(s, r, logits.row(i), logits.vocab);
   }
 }
 

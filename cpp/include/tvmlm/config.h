@@ -21,6 +21,10 @@ struct EngineConfig {
   int64_t prefill_chunk_size = 2048;
   /*! \brief CPU threads for TVM kernels; 0 = every CPU this process may run on. */
   int64_t num_threads = 0;
+  /*! \brief Keep finished requests' KV and fork it for requests that share a token prefix. */
+  bool prefix_cache = true;
+  /*! \brief Most finished sequences the prefix cache keeps (least recently used go first). */
+  int64_t prefix_cache_max_sequences = 16;
 
   /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
   static EngineConfig FromJSON(const std::string& json);
@@ -39,6 +43,8 @@ struct GenerationConfig {
   std::vector<int32_t> stop_token_ids;
   /*! \brief Keep generating past the model's end-of-sequence tokens. */
   bool ignore_eos = false;
+  /*! \brief Choices sampled from one prompt (its KV is forked after prefill). */
+  int64_t n = 1;
 
   /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
   static GenerationConfig FromJSON(const std::string& json);

@@ -19,6 +19,8 @@ const char* FinishReasonName(FinishReason reason);
  */
 struct RequestDelta {
   std::string request_id;
+  /*! \brief Choice index in [0, n); every choice gets its own final delta. */
+  int64_t index = 0;
   /*! \brief New tokens. A token that matched eos / stop_token_ids is not included. */
   std::vector<int32_t> token_ids;
   FinishReason finish_reason = FinishReason::kNotFinished;
@@ -27,6 +29,13 @@ struct RequestDelta {
   int64_t prompt_tokens = 0;
   /*! \brief Tokens generated so far, including a stopping token. */
   int64_t completion_tokens = 0;
+  /*! \brief Prompt tokens whose KV came from the prefix cache (last admission). */
+  int64_t cached_prompt_tokens = 0;
+  // Set on the final delta only:
+  /*! \brief Seconds from add_request to the first sampled token (0 if none). */
+  double time_to_first_token = 0.0;
+  /*! \brief Mean seconds between later tokens (0 with fewer than two tokens). */
+  double inter_token_latency = 0.0;
 };
 
 }  // namespace tvmlm
