@@ -10,12 +10,16 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     if target.kind.name == "llvm":
         from tvm.relax.backend.cpu_generic import pipeline as tvm_pipeline
 
+        from .cpu_attention import replace_cpu_attention_kernels
         from .cpu_schedule import schedule_cpu_kernels
 
+        prologue = [replace_cpu_attention_kernels()]
         schedule = [schedule_cpu_kernels(target)]
     elif target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as tvm_pipeline
         from tvm.s_tir import dlight as dl
+
+        prologue = []
 
         schedule = [
             _opt_out_of_tensor_cores(),
@@ -30,6 +34,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             passes = [
+                *prologue,
                 # nn.Linear is matmul(x, permute_dims(w)): fuse it so weights are never transposed at run time.
                 relax.transform.FuseTransposeMatmul(),
                 *tvm_pipeline.library_dispatch_passes(target),

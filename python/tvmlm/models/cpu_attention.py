@@ -1,0 +1,274 @@
+"""Faster CPU attention kernels for TVM's TIRPagedKVCache.
+
+TVM registers fully serial, scalar TIR attention kernels for the llvm target (``_attention_prefill_ragged_cpu``,
+``_attention_prefill_cpu`` in ``tvm.relax.frontend.nn.llm._prefill_kernels``): they visit every (query, key) pair
+including causally masked ones, branch on ``rotary_mode`` in the innermost loop and never run in parallel.
+:func:`replace_cpu_attention_kernels` swaps those PrimFuncs (keeping their GlobalVars, so the
+``vm.builtin.paged_attention_kv_cache_create`` arguments still point at them) for kernels with the same
+signature and semantics that
+
+* run in parallel over (sequence row pair, kv head): each iteration owns its local buffers;
+* visit only the keys the causal mask allows (``col < kv_len - qo_len + row + 1``), in tiles of ``_KEY_TILE``;
+* keep the ``group_size`` query heads sharing a kv head together, so each key/value row is loaded once per group;
+* use an online softmax in float32 (scores in log2 space, pre-scaled by ``sm_scale * log2(e)``), and write
+  ``lse = max + log2(sum)`` exactly as the originals do (the cache merges attention states with it);
+* have explicitly vectorized inner loops over head_dim.
+
+Causal rows are balanced across threads by pairing row ``i`` with row ``qo_len - 1 - i`` in one iteration (TVM's
+parallel loops are statically chunked).
+
+rope: tvmlm uses ``RopeMode.NORMAL`` (rope applied to q and k before the attention call, ``rotary_mode == 0``).
+The kernels assert ``rotary_mode == 0`` at run time; the pass leaves the originals in place when the module's KV
+cache is created with ``RopeMode.INLINE``.
+
+Degenerate rows with no visible key (only possible when ``kv_len < qo_len``, which the KV cache never produces)
+get output 0 and lse ``-5e4``; the originals average all values there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import tvm
+from tvm.script import tirx as T
+
+_KEY_TILE = 32
+_LOG2E = math.log2(math.e)
+_NEG = -5e4
+
+# name hints of the GlobalVars TIRPagedKVCache (llvm target) registers
+_RAGGED = "tir_attention_prefill_ragged_cpu"
+_PAGED = "tir_attention_prefill_cpu"
+
+
+def _fast_exp2(x):
+    """2**x for float32 x <= 0 (result >= ~2**-126), vectorizable: Cephes exp2f polynomial, rel. error ~2e-7."""
+    x = T.max(x, T.float32(-126.0))
+    n = T.floor(x + T.float32(0.5))
+    f = x - n
+    p = T.float32(1.535336188319500e-4)
+    for c in (1.339887440266574e-3, 9.618437357674640e-3, 5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1):
+        p = p * f + T.float32(c)
+    p = p * f + T.float32(1.0)
+    scale = T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+    return p * scale
+
+
+def _vec_len(d: int) -> int:
+    for v in (16, 8, 4, 2):
+        if d % v == 0:
+            return v
+    return 1
+
+
+def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
+    """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``."""
+    G = h_q // h_kv
+    TK = _KEY_TILE
+    VQ = _vec_len(d_qk)
+    NQ = d_qk // VQ
+    scale_log2e = _LOG2E
+
+    # pylint: disable=too-many-locals,too-many-statements
+    @T.prim_func(s_tir=True)
+    def batch_prefill_ragged_kv(
+        var_q: T.handle,  # [total_len, h_q, d_qk]
+        var_q_indptr: T.handle,  # [batch_size + 1]
+        var_k: T.handle,  # [total_len, h_kv, d_qk]
+        var_v: T.handle,  # [total_len, h_kv, d_v]
+        var_kv_indptr: T.handle,  # [batch_size + 1]
+        var_q_rope_position: T.handle,  # [total_q_len]
+        var_k_rope_pos_offset: T.handle,  # [b]
+        var_output: T.handle,  # [total_len, h_q, d_v]
+        var_lse: T.handle,  # [total_len, h_q]
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        batch_size = T.int32()
+        qo_len = T.int32()
+        kv_len = T.int32()
+        q_indptr_elem_offset = T.int32()
+        kv_indptr_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+
+        q = T.match_buffer(var_q, (qo_len, h_q, d_qk), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
+        v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
+        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
+        output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
+        lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
+
+        assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
+
+        for b in T.serial(batch_size):
+            with T.sblock("seq"):
+                T.reads()
+                T.writes()
+                q0: T.let[T.int32] = q_indptr[b]
+                kv0: T.let[T.int32] = kv_indptr[b]
+                n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
+                for p in T.parallel(((n_q + 1) // 2) * h_kv):
+                    for t in T.serial(2):
+                        with T.sblock("attn"):
+                            T.reads()
+                            T.writes()
+                            qf = T.sblock_alloc_buffer((G, d_qk), "float32")
+                            acc = T.sblock_alloc_buffer((G, d_v), "float32")
+                            s = T.sblock_alloc_buffer((G, TK), "float32")
+                            part = T.sblock_alloc_buffer((VQ,), "float32")
+                            m = T.sblock_alloc_buffer((G,), "float32")
+                            l = T.sblock_alloc_buffer((G,), "float32")
+                            tmax = T.sblock_alloc_buffer((1,), "float32")
+                            alpha = T.sblock_alloc_buffer((1,), "float32")
+                            hk: T.let[T.int32] = p % h_kv
+                            pr: T.let[T.int32] = p // h_kv
+                            row: T.let[T.int32] = T.if_then_else(t == 0, pr, n_q - 1 - pr)
+                            if t == 0 or row != pr:
+                                kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + row + 1), n_kv)
+                                for g, dd in T.grid(G, d_qk):
+                                    qf[g, dd] = T.Cast("float32", q[q0 + row, hk * G + g, dd]) * sm_scale * scale_log2e
+                                for g in T.serial(G):
+                                    m[g] = T.float32(-1e30)
+                                    l[g] = T.float32(0)
+                                    for dd in T.vectorized(d_v):
+                                        acc[g, dd] = T.float32(0)
+                                for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+                                    k_start: T.let[T.int32] = tile * TK
+                                    nk: T.let[T.int32] = T.min(TK, kend - k_start)
+                                    # scores (keys past the tile end are padded with -inf-ish, exp2 -> ~0)
+                                    for g, j in T.grid(G, TK):
+                                        if j < nk:
+                                            for lane in T.vectorized(VQ):
+                                                part[lane] = T.float32(0)
+                                            for c in T.serial(NQ):
+                                                for lane in T.vectorized(VQ):
+                                                    part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", k[kv0 + k_start + j, hk, c * VQ + lane])
+                                            s[g, j] = T.float32(0)
+                                            for lane in T.serial(VQ):
+                                                s[g, j] = s[g, j] + part[lane]
+                                        else:
+                                            s[g, j] = T.float32(-1e30)
+                                    # online softmax
+                                    for g in T.serial(G):
+                                        tmax[0] = m[g]
+                                        for j in T.serial(TK):
+                                            tmax[0] = T.max(tmax[0], s[g, j])
+                                        alpha[0] = _fast_exp2(m[g] - tmax[0])
+                                        m[g] = tmax[0]
+                                        l[g] = l[g] * alpha[0]
+                                        for dd in T.vectorized(d_v):
+                                            acc[g, dd] = acc[g, dd] * alpha[0]
+                                        for j in T.vectorized(TK):
+                                            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
+                                        for j in T.serial(TK):
+                                            l[g] = l[g] + s[g, j]
+                                    # p @ v
+                                    for j in T.serial(TK):
+                                        if j < nk:
+                                            for g in T.serial(G):
+                                                for dd in T.vectorized(d_v):
+                                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", v[kv0 + k_start + j, hk, dd])
+                                for g in T.serial(G):
+                                    if kend > 0:
+                                        for dd in T.vectorized(d_v):
+                                            output[q0 + row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+                                        lse[q0 + row, hk * G + g] = m[g] + T.log2(l[g])
+                                    else:
+                                        for dd in T.serial(d_v):
+                                            output[q0 + row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+                                        lse[q0 + row, hk * G + g] = T.float32(_NEG)
+
+    return batch_prefill_ragged_kv
+
+
+def _kv_cache_create_calls(mod: tvm.ir.IRModule) -> list:
+    from tvm import relax
+
+    found = []
+
+    @relax.expr_functor.visitor
+    class _Visitor(relax.PyExprVisitor):
+        def visit_call_(self, call):  # noqa: N802
+            if (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.name == "relax.call_pure_packed"
+                and isinstance(call.args[0], relax.ExternFunc)
+                and call.args[0].global_symbol == "vm.builtin.paged_attention_kv_cache_create"
+            ):
+                found.append(call)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            _Visitor().visit_expr(func)
+    return found
+
+
+# positions in the vm.builtin.paged_attention_kv_cache_create call (args[0] is the ExternFunc), see
+# TIRPagedKVCache.__init__ in tvm/relax/frontend/nn/llm/kv_cache.py (llvm target)
+_ARG_HEADS = (3, 4, 5, 6)  # num_attention_heads, num_key_value_heads, qk_head_dim, v_head_dim
+_ARG_ROPE_MODE = 9
+_ARG_RAGGED_PREFILL = 16
+
+
+def _int(arg):
+    """The Python int of a relax PrimValue / IntImm argument, or None."""
+    while not isinstance(arg, int) and hasattr(arg, "value"):
+        arg = arg.value
+    return arg if isinstance(arg, int) else None
+
+
+def _q_dtype(func) -> str | None:
+    """dtype of the q buffer of a CPU attention PrimFunc (the Python API of this TVM build has no buffer_map)."""
+    if not isinstance(func, tvm.tirx.PrimFunc):
+        return None
+    match = re.search(r"\bq: T\.Buffer\(\([^)]*\)(?:, \"(\w+)\")?", func.script())
+    if match is None:
+        return None
+    return match.group(1) or "float32"
+
+
+def _tir_kernel_gv(arg):
+    fields = getattr(arg, "fields", None)
+    if fields is not None and len(fields) == 2 and isinstance(fields[1], tvm.ir.GlobalVar):
+        return arg.fields[1]
+    return None
+
+
+def replace_cpu_attention_kernels() -> tvm.transform.Pass:
+    """Module pass: replace the KV cache's CPU attention PrimFuncs with the kernels of this module.
+
+    Kernels are found through the ``vm.builtin.paged_attention_kv_cache_create`` call, so the GlobalVars it
+    references are kept. Modules whose cache uses ``RopeMode.INLINE`` are left unchanged."""
+    from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmlm_replace_cpu_attention")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        replace = {}
+        for call in _kv_cache_create_calls(mod):
+            if len(call.args) <= _ARG_RAGGED_PREFILL:
+                continue
+            rope_mode = call.args[_ARG_ROPE_MODE]  # a relax PrimValue: an IntImm, or wraps one in .value
+            rope_mode = _int(rope_mode)
+            if rope_mode is None or rope_mode == int(RopeMode.INLINE):
+                continue
+            h_q, h_kv, d_qk, d_v = (_int(call.args[i]) for i in _ARG_HEADS)
+            gv = _tir_kernel_gv(call.args[_ARG_RAGGED_PREFILL])
+            dtype = _q_dtype(mod[gv]) if gv is not None else None
+            if None in (h_q, h_kv, d_qk, d_v, dtype) or h_q % h_kv != 0:
+                continue
+            if isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 14:
+                replace[gv] = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype)).with_attrs(dict(mod[gv].attrs or {}))
+        for gv, func in replace.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
