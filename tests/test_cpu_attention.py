@@ -5,9 +5,10 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
+from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu  # noqa: E402
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged_cpu  # noqa: E402
 
-from tvmlm.models.cpu_attention import ragged_prefill_cpu  # noqa: E402
+from tvmlm.models.cpu_attention import decode_paged_cpu, ragged_prefill_cpu  # noqa: E402
 
 _TARGET = {"kind": "llvm", "num-cores": 2}
 
@@ -49,6 +50,74 @@ def test_ragged_prefill_matches_tvm(h_kv, group, d, qlens, kvlens, causal):
     assert np.abs(l1 - l2).max() <= 1e-4
 
 
+_PAGE = 16
+
+
+def _paged_cache(rng, h_kv, d, kvlens, sliding=None):
+    """Random pages [n, 2, h_kv, page, d] with each sequence's pages scattered over a shuffled page pool."""
+    npages = [max(1, -(-n // _PAGE)) if n > 0 else 0 for n in kvlens]
+    total = sum(npages) + 3  # a few unused pages
+    pages = rng.standard_normal((total, 2, h_kv, _PAGE, d)).astype("float32")
+    values = rng.permutation(total)[: sum(npages)].astype("int32")
+    indptr = np.cumsum([0, *npages]).astype("int32")
+    last = np.array([n - (p - 1) * _PAGE if p else 0 for n, p in zip(kvlens, npages)], "int32")
+    if sliding is None:
+        return pages, indptr, values, last
+    offsets, sinks = sliding
+    return pages, indptr, values, np.stack([last, np.array(offsets, "int32"), np.array(sinks, "int32")])
+
+
+def _run_decode(func, q, pages, indptr, values, length_info, sm_scale):
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.full(q.shape, 7.0, "float32"), dev)
+    lse = tvm.runtime.tensor(np.full(q.shape[:2], 7.0, "float32"), dev)
+    zeros = np.zeros(len(q), "int32")
+    args = [tvm.runtime.tensor(x, dev) for x in (q, pages, indptr, values, length_info, zeros, zeros)]
+    func(*args, out, lse, 0, 1.0, 10000.0, sm_scale)
+    return out.numpy(), lse.numpy()
+
+
+@pytest.mark.parametrize(
+    "h_kv,group,d,kvlens",
+    [
+        (2, 1, 32, [1]),
+        (3, 3, 64, [16, 5, 33, 140]),  # full last page, partial last pages
+        (2, 4, 32, [17, 64, 3, 1, 250]),
+        (1, 4, 64, [130, 2, 65]),
+        (3, 3, 32, [9, 0, 40]),  # a sequence without pages
+    ],
+)
+def test_decode_matches_tvm(h_kv, group, d, kvlens):
+    h_q = h_kv * group
+    target = tvm.target.Target(_TARGET)
+    ours = tvm.compile(decode_paged_cpu(h_kv, h_q, d, "float32"), target=target)
+    ref = tvm.compile(_attention_decode_cpu(h_kv, h_q, d, "float32", False, {}), target=target)
+    rng = np.random.default_rng(h_q * d + len(kvlens))
+    q = rng.standard_normal((len(kvlens), h_q, d)).astype("float32")
+    pages, indptr, values, last = _paged_cache(rng, h_kv, d, kvlens)
+    sm_scale = 1.0 / np.sqrt(d)
+    o1, l1 = _run_decode(ours, q, pages, indptr, values, last, sm_scale)
+    o2, l2 = _run_decode(ref, q, pages, indptr, values, last, sm_scale)
+    assert np.abs(o1 - o2).max() <= 1e-4
+    assert np.abs(l1 - l2).max() <= 1e-4
+
+
+def test_decode_sliding_window_matches_tvm():
+    h_kv, h_q, d = 2, 6, 32
+    target = tvm.target.Target(_TARGET)
+    ours = tvm.compile(decode_paged_cpu(h_kv, h_q, d, "float32", sliding_window=True), target=target)
+    ref = tvm.compile(_attention_decode_cpu(h_kv, h_q, d, "float32", True, {}), target=target)
+    rng = np.random.default_rng(5)
+    kvlens = [40, 100, 7]
+    q = rng.standard_normal((len(kvlens), h_q, d)).astype("float32")
+    # (sliding window offset, attention sink size) per sequence
+    pages, indptr, values, info = _paged_cache(rng, h_kv, d, kvlens, sliding=([20, 37, 0], [4, 0, 0]))
+    o1, l1 = _run_decode(ours, q, pages, indptr, values, info, 0.125)
+    o2, l2 = _run_decode(ref, q, pages, indptr, values, info, 0.125)
+    assert np.abs(o1 - o2).max() <= 1e-4
+    assert np.abs(l1 - l2).max() <= 1e-4
+
+
 def test_pass_replaces_ragged_kernel_keeping_global_var():
 
     from tvmlm.compile import CompileOptions
@@ -62,9 +131,11 @@ def test_pass_replaces_ragged_kernel_keeping_global_var():
     }
     mod = build_module(config, "cpu", None, CompileOptions()).mod
     gvs = {gv.name_hint: gv for gv in mod.get_global_vars()}
-    gv = gvs["batch_prefill_ragged_kv"]
-    before = mod[gv]
+    names = ["batch_prefill_ragged_kv", "batch_decode_paged_kv_cpu", "batch_decode_paged_kv_cpu_sliding_window"]
+    before = {name: mod[gvs[name]] for name in names}
     after = replace_cpu_attention_kernels()(mod)
     assert {g.name_hint for g in after.get_global_vars()} == set(gvs)
-    assert not after[gv].same_as(before)
-    assert "T.parallel" in after[gv].script()
+    for name in names:
+        assert not after[gvs[name]].same_as(before[name])
+        assert "T.parallel" in after[gvs[name]].script()
+        assert after[gvs[name]].attrs["global_symbol"] == before[name].attrs["global_symbol"]

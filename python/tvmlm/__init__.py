@@ -38,6 +38,7 @@ __all__ = [
     "RequestError",
     "TvmlmError",
     "__version__",
+    "cmake_dir",
 ]
 
 if TYPE_CHECKING:
@@ -52,6 +53,18 @@ if TYPE_CHECKING:
         RequestError,
         TvmlmError,
     )
+
+
+def cmake_dir() -> str:
+    """Directory holding tvmlmConfig.cmake, for C++ hosts: `cmake -Dtvmlm_DIR=$(python -c
+    "import tvmlm; print(tvmlm.cmake_dir())")` then `find_package(tvmlm CONFIG)`."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("tvmlm._core")  # the binaries' install dir (also for editable installs)
+    if spec is None or spec.origin is None:
+        raise RuntimeError("tvmlm's compiled part is not installed (pip install tvmlm)")
+    return os.path.join(os.path.dirname(spec.origin), "share", "cmake", "tvmlm")
 
 
 def __getattr__(name: str):

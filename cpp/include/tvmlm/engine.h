@@ -13,6 +13,7 @@
 #define TVMLM_ENGINE_H_
 
 #include <tvmlm/config.h>
+#include <tvmlm/export.h>
 #include <tvmlm/request.h>
 
 #include <cstdint>
@@ -23,7 +24,7 @@
 
 namespace tvmlm {
 
-class ThreadedEngine {
+class TVMLM_API ThreadedEngine {
  public:
   /*! \brief Called on the stream-back thread with a batch of deltas. */
   using StreamCallback = std::function<void(std::vector<RequestDelta>)>;
@@ -60,7 +61,8 @@ class ThreadedEngine {
   virtual std::string Metrics() = 0;
 };
 
-std::unique_ptr<ThreadedEngine> CreateThreadedEngine();
+/*! \brief A new engine; call Init() next. Exported from libtvmlm.so (find_package(tvmlm)). */
+TVMLM_API std::unique_ptr<ThreadedEngine> CreateThreadedEngine();
 
 }  // namespace tvmlm
 

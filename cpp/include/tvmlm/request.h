@@ -2,6 +2,8 @@
 #ifndef TVMLM_REQUEST_H_
 #define TVMLM_REQUEST_H_
 
+#include <tvmlm/export.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,7 +13,7 @@ namespace tvmlm {
 enum class FinishReason { kNotFinished, kStop, kLength, kAbort, kError };
 
 /*! \brief "stop", "length", "abort", "error"; "" while not finished. */
-const char* FinishReasonName(FinishReason reason);
+TVMLM_API const char* FinishReasonName(FinishReason reason);
 
 /*!
  * \brief New output of one request since its previous delta. The last delta of a request has

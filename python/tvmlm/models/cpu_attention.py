@@ -190,6 +190,142 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
     return batch_prefill_ragged_kv
 
 
+def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16):
+    """Drop-in replacement for ``_attention_decode_cpu(h_kv, h_q, d, dtype, sliding_window, ..., page_size)``.
+
+    Parallel over (sequence, kv head); the ``group_size`` query heads of a kv head are scored against each
+    key/value row together (each row is read once per kv head), keys are processed in tiles of ``page_size`` with an
+    online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original."""
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
+
+    G = h_q // h_kv
+    D = d
+    TK = page_size
+    VQ = _vec_len(D)
+    NQ = D // VQ
+    scale_log2e = _LOG2E
+    global_symbol = "batch_decode_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
+
+    # pylint: disable=too-many-locals,too-many-statements
+    @T.prim_func(s_tir=True)
+    def batch_decode_paged_kv(
+        Q_handle: T.handle,
+        pages_handle: T.handle,
+        page_table_indptr_handle: T.handle,
+        page_table_values_handle: T.handle,
+        var_length_info: T.handle,  # [b] when sliding window = False, or otherwise [3, b]
+        k_rope_pos_offset_handle: T.handle,
+        q_rope_position_handle: T.handle,
+        output_handle: T.handle,
+        lse_handle: T.handle,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": global_symbol})
+        B = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+
+        Q = T.match_buffer(Q_handle, (B, h_q, D), dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, D), dtype)
+        page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        output = T.match_buffer(output_handle, (B, h_q, D), dtype)
+        lse = T.match_buffer(lse_handle, (B, h_q), "float32")
+        length_info = _declare_length_info(var_length_info, B, sliding_window, length_info_elem_offset)
+
+        assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
+
+        for p in T.parallel(B * h_kv):
+            with T.sblock("attn"):
+                T.reads()
+                T.writes()
+                qf = T.sblock_alloc_buffer((G, D), "float32")
+                acc = T.sblock_alloc_buffer((G, D), "float32")
+                s = T.sblock_alloc_buffer((G, TK), "float32")
+                part = T.sblock_alloc_buffer((VQ,), "float32")
+                m = T.sblock_alloc_buffer((G,), "float32")
+                l = T.sblock_alloc_buffer((G,), "float32")
+                tmax = T.sblock_alloc_buffer((1,), "float32")
+                alpha = T.sblock_alloc_buffer((1,), "float32")
+                b: T.let[T.int32] = p // h_kv
+                hk: T.let[T.int32] = p % h_kv
+                pg0: T.let[T.int32] = page_table_indptr[b]
+                pg1: T.let[T.int32] = page_table_indptr[b + 1]
+                kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
+                for g, dd in T.grid(G, D):
+                    qf[g, dd] = T.Cast("float32", Q[b, hk * G + g, dd]) * sm_scale * scale_log2e
+                for g in T.serial(G):
+                    m[g] = T.float32(-1e30)
+                    l[g] = T.float32(0)
+                    for dd in T.vectorized(D):
+                        acc[g, dd] = T.float32(0)
+                for tile in T.serial((T.max(kv_len, 0) + TK - 1) // TK):
+                    k_start: T.let[T.int32] = tile * TK
+                    nk: T.let[T.int32] = T.min(TK, kv_len - k_start)
+                    # scores: each key row against the G query heads of this kv head
+                    for j in T.serial(TK):
+                        if j < nk:
+                            off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
+                            page_no: T.let[T.int32] = page_table_values[pg0 + off // page_size]
+                            page_off: T.let[T.int32] = off % page_size
+                            for g in T.serial(G):
+                                for lane in T.vectorized(VQ):
+                                    part[lane] = T.float32(0)
+                                for c in T.serial(NQ):
+                                    for lane in T.vectorized(VQ):
+                                        part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
+                                s[g, j] = T.float32(0)
+                                for lane in T.serial(VQ):
+                                    s[g, j] = s[g, j] + part[lane]
+                        else:
+                            for g in T.serial(G):
+                                s[g, j] = T.float32(-1e30)
+                    # online softmax
+                    for g in T.serial(G):
+                        tmax[0] = m[g]
+                        for j in T.serial(TK):
+                            tmax[0] = T.max(tmax[0], s[g, j])
+                        alpha[0] = _fast_exp2(m[g] - tmax[0])
+                        m[g] = tmax[0]
+                        l[g] = l[g] * alpha[0]
+                        for dd in T.vectorized(D):
+                            acc[g, dd] = acc[g, dd] * alpha[0]
+                        for j in T.vectorized(TK):
+                            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
+                        for j in T.serial(TK):
+                            l[g] = l[g] + s[g, j]
+                    # p @ v: each value row once for the G query heads
+                    for j in T.serial(TK):
+                        if j < nk:
+                            voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
+                            vpage_no: T.let[T.int32] = page_table_values[pg0 + voff // page_size]
+                            vpage_off: T.let[T.int32] = voff % page_size
+                            for g in T.serial(G):
+                                for dd in T.vectorized(D):
+                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
+                for g in T.serial(G):
+                    if kv_len > 0:
+                        for dd in T.vectorized(D):
+                            output[b, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+                        lse[b, hk * G + g] = m[g] + T.log2(l[g])
+                    else:
+                        for dd in T.serial(D):
+                            output[b, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+                        lse[b, hk * G + g] = T.float32(_NEG)
+
+    return batch_decode_paged_kv
+
+
 def _kv_cache_create_calls(mod: tvm.ir.IRModule) -> list:
     from tvm import relax
 
@@ -217,6 +353,8 @@ def _kv_cache_create_calls(mod: tvm.ir.IRModule) -> list:
 _ARG_HEADS = (3, 4, 5, 6)  # num_attention_heads, num_key_value_heads, qk_head_dim, v_head_dim
 _ARG_ROPE_MODE = 9
 _ARG_RAGGED_PREFILL = 16
+_ARG_DECODE = 18  # tir_attention_decode_cpu
+_ARG_DECODE_SLIDING = 20  # tir_attention_decode_cpu_sliding_window
 
 
 def _int(arg):
@@ -234,6 +372,16 @@ def _q_dtype(func) -> str | None:
     if match is None:
         return None
     return match.group(1) or "float32"
+
+
+def _decode_layout(func) -> tuple[str, int, int, int] | None:
+    """(dtype, h_kv, page_size, head_dim) of the ``pages`` buffer of a CPU decode PrimFunc."""
+    if not isinstance(func, tvm.tirx.PrimFunc):
+        return None
+    match = re.search(r'\bpages: T\.Buffer\(\("?\w+"?, 2, (\d+), (\d+), (\d+)\)(?:, "(\w+)")?', func.script())
+    if match is None:
+        return None
+    return match.group(4) or "float32", int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
 def _tir_kernel_gv(arg):
@@ -267,6 +415,18 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
                 continue
             if isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 14:
                 replace[gv] = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype)).with_attrs(dict(mod[gv].attrs or {}))
+            for pos, sliding in ((_ARG_DECODE, False), (_ARG_DECODE_SLIDING, True)):
+                gv = _tir_kernel_gv(call.args[pos]) if len(call.args) > pos else None
+                if gv is None or not isinstance(mod[gv], tvm.tirx.PrimFunc) or len(mod[gv].params) != 13:
+                    continue
+                if not str(mod[gv].attrs["global_symbol"]).startswith("batch_decode_paged_kv_cpu"):
+                    continue
+                layout = _decode_layout(mod[gv])
+                if layout is None or layout[1] != h_kv or layout[3] != d_qk or d_qk != d_v:
+                    continue
+                dtype, _, page_size, _ = layout
+                func = decode_paged_cpu(h_kv, h_q, d_qk, dtype, sliding_window=sliding, page_size=page_size)
+                replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
         for gv, func in replace.items():
             mod[gv] = func
         return mod
