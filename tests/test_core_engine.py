@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tvmlm import _core
-from test_core_model import core_greedy
+from test_core_model import greedy_reference
 
 VOCAB = 611
 
@@ -24,19 +24,7 @@ def pkg(tiny_package):
 def reference(pkg):
     """Greedy tokens of a prompt as `_core.Model` computes them alone (checked against
     transformers in test_core_model.py)."""
-    m = _core.Model(str(pkg), "cpu:0", 2)
-    m.create_kv_cache(1, 1024, 512)
-    cache = {}
-
-    def greedy(prompt, n):
-        key = tuple(prompt)
-        if key not in cache or len(cache[key]) < n:
-            m.add_sequence(0)
-            cache[key] = core_greedy(m, 0, list(prompt), n - 1)[1]
-            m.remove_sequence(0)
-        return cache[key][:n]
-
-    return greedy
+    return greedy_reference(pkg, 1024, 512)
 
 
 class Result:

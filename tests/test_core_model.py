@@ -48,6 +48,24 @@ def hf_greedy(model, prompt, steps):
     return np.stack(logits), tokens
 
 
+def greedy_reference(pkg, max_total: int, chunk: int):
+    """greedy(prompt, n): the first n greedy tokens of `prompt` computed alone on `_core.Model`
+    (one prefill, then decode; memoized). The reference the engine tests compare against."""
+    m = _core.Model(str(pkg), "cpu:0", 2)
+    m.create_kv_cache(1, max_total, chunk)
+    cache = {}
+
+    def greedy(prompt, n):
+        key = tuple(prompt)
+        if key not in cache or len(cache[key]) < n:
+            m.add_sequence(0)
+            cache[key] = core_greedy(m, 0, list(prompt), n - 1)[1]
+            m.remove_sequence(0)
+        return cache[key][:n]
+
+    return greedy
+
+
 def core_greedy(m, seq_id, prompt, steps):
     logits = [m.prefill([seq_id], [prompt])[0]]
     tokens = [int(np.argmax(logits[-1]))]

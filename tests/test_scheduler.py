@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from tvmlm import _core
 from test_core_engine import VOCAB, Harness
-from test_core_model import core_greedy
+from test_core_model import greedy_reference
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +22,7 @@ def pkg4k(tiny_package):
 @pytest.fixture(scope="module")
 def alone(pkg4k):
     """Greedy tokens of a prompt computed alone (one prefill, then decode) on `_core.Model`."""
-    m = _core.Model(str(pkg4k), "cpu:0", 2)
-    m.create_kv_cache(1, 4096, 2048)
-    cache = {}
-
-    def greedy(prompt, n):
-        key = tuple(prompt)
-        if key not in cache or len(cache[key]) < n:
-            m.add_sequence(0)
-            cache[key] = core_greedy(m, 0, list(prompt), n - 1)[1]
-            m.remove_sequence(0)
-        return cache[key][:n]
-
-    return greedy
+    return greedy_reference(pkg4k, 4096, 2048)
 
 
 @pytest.fixture
