@@ -81,8 +81,8 @@ class Harness:
         assert not any(t.is_alive() for t in self.threads)
 
 
-@pytest.fixture
-def harness(pkg):
+def harnesses(pkg):
+    """Fixture body: yields make(**engine_config) -> Harness; closes every harness made."""
     made = []
 
     def make(**kw):
@@ -92,6 +92,11 @@ def harness(pkg):
     yield make
     for h in made:
         h.close()
+
+
+@pytest.fixture
+def harness(pkg):
+    yield from harnesses(pkg)
 
 
 def prompts(n, seed=0, lengths=(5, 11, 23, 40)):

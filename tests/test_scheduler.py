@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from test_core_engine import VOCAB, Harness
+from test_core_engine import VOCAB, harnesses
 from test_core_model import greedy_reference
 
 
@@ -27,15 +27,7 @@ def alone(pkg4k):
 
 @pytest.fixture
 def harness(pkg4k):
-    made = []
-
-    def make(**kw):
-        made.append(Harness(pkg4k, **kw))
-        return made[-1]
-
-    yield make
-    for h in made:
-        h.close()
+    yield from harnesses(pkg4k)
 
 
 def metrics(h):

@@ -55,6 +55,25 @@ def _fast_exp2(x):
     return p * scale
 
 
+@T.macro
+def _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D):
+    """Fold one tile of scores s[G, TK] (log2 domain) into the running max m, sum l and output
+    acc[G, D]; s is replaced by its exponentials, ready for the p @ v step."""
+    for g in T.serial(G):
+        tmax[0] = m[g]
+        for j in T.serial(TK):
+            tmax[0] = T.max(tmax[0], s[g, j])
+        alpha[0] = _fast_exp2(m[g] - tmax[0])
+        m[g] = tmax[0]
+        l[g] = l[g] * alpha[0]
+        for dd in T.vectorized(D):
+            acc[g, dd] = acc[g, dd] * alpha[0]
+        for j in T.vectorized(TK):
+            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
+        for j in T.serial(TK):
+            l[g] = l[g] + s[g, j]
+
+
 def _vec_len(d: int) -> int:
     for v in (16, 8, 4, 2):
         if d % v == 0:
@@ -157,20 +176,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                                 s[g, j] = s[g, j] + part[lane]
                                         else:
                                             s[g, j] = T.float32(-1e30)
-                                    # online softmax
-                                    for g in T.serial(G):
-                                        tmax[0] = m[g]
-                                        for j in T.serial(TK):
-                                            tmax[0] = T.max(tmax[0], s[g, j])
-                                        alpha[0] = _fast_exp2(m[g] - tmax[0])
-                                        m[g] = tmax[0]
-                                        l[g] = l[g] * alpha[0]
-                                        for dd in T.vectorized(d_v):
-                                            acc[g, dd] = acc[g, dd] * alpha[0]
-                                        for j in T.vectorized(TK):
-                                            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
-                                        for j in T.serial(TK):
-                                            l[g] = l[g] + s[g, j]
+                                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, d_v)
                                     # p @ v
                                     for j in T.serial(TK):
                                         if j < nk:
@@ -290,20 +296,7 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
                         else:
                             for g in T.serial(G):
                                 s[g, j] = T.float32(-1e30)
-                    # online softmax
-                    for g in T.serial(G):
-                        tmax[0] = m[g]
-                        for j in T.serial(TK):
-                            tmax[0] = T.max(tmax[0], s[g, j])
-                        alpha[0] = _fast_exp2(m[g] - tmax[0])
-                        m[g] = tmax[0]
-                        l[g] = l[g] * alpha[0]
-                        for dd in T.vectorized(D):
-                            acc[g, dd] = acc[g, dd] * alpha[0]
-                        for j in T.vectorized(TK):
-                            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
-                        for j in T.serial(TK):
-                            l[g] = l[g] + s[g, j]
+                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
                     # p @ v: each value row once for the G query heads
                     for j in T.serial(TK):
                         if j < nk:
