@@ -321,6 +321,18 @@ def _build_package(loaded, lib_dir: Path, pkg_dir: Path, key: str, progress: boo
         raise
 
 
+def check_target(metadata: dict[str, Any], device_kind: str, what: str) -> None:
+    """Raise ModelError unless a library's metadata says it was compiled for `device_kind`."""
+    from .errors import ModelError
+
+    want = "llvm" if device_kind == "cpu" else device_kind
+    if metadata.get("target") != want:
+        raise ModelError(
+            f"{what} was built for target {metadata.get('target')!r}, but device kind {device_kind!r} "
+            f"needs {want!r}; recompile for this device (leave model_lib=None)"
+        )
+
+
 def package_with_library(model_path: str | os.PathLike, model_lib: str | os.PathLike, device_kind: str, *, progress: bool = True) -> Package:
     """A package for `model_path` that uses a library compiled earlier (`Engine(model_lib=...)`).
 
@@ -337,12 +349,7 @@ def package_with_library(model_path: str | os.PathLike, model_lib: str | os.Path
     if not meta_path.is_file():
         raise ModelError(f"model_lib={str(model_lib)!r} has no metadata.json beside it: it was not built by tvmlm")
     metadata = json.loads(meta_path.read_text())
-    want_target = "llvm" if device_kind == "cpu" else device_kind
-    if metadata.get("target") != want_target:
-        raise ModelError(
-            f"model_lib={str(model_lib)!r} was built for target {metadata.get('target')!r}; "
-            f"device kind {device_kind!r} needs {want_target!r}"
-        )
+    check_target(metadata, device_kind, f"model_lib={str(model_lib)!r}")
     loaded = weights.load(model_path)
     cfg = loaded.config
     expected = {

@@ -1,4 +1,4 @@
-"""The blocking `Engine`: an eager constructor over the C++ threaded core, and OpenAI-style APIs.
+"""The blocking `Engine`: an eager constructor over the C++ threaded core (APIs in api.py).
 
     with Engine("path/to/model", device="auto", mode="local") as engine:
         engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .api import Chat, Completions
 from .config import MODES, EngineConfig, format_resolved_config, resolve_engine_config
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .devices import Device, available_memory, resolve_device
@@ -101,10 +102,8 @@ class _TextStream:
 
     detokenizer: IncrementalDetokenizer
     stops: StopStringMatcher | None
-    finished: bool = False
     completion_tokens: int = 0
     prompt_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def feed(self, delta: _Delta) -> tuple[str, str | None]:
         self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
@@ -139,7 +138,9 @@ def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | 
                 "with its own lib.so; pass one or the other"
             )
         meta = json.loads((path / "metadata.json").read_text())
-        _check_target(meta, device, path / "lib.so")
+        from .compile import check_target
+
+        check_target(meta, device.kind, f"model library {str(path / 'lib.so')!r}")
         return path, meta, False
 
     from . import compile as compiler
@@ -148,14 +149,15 @@ def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | 
         if model_lib is not None:
             pkg = compiler.package_with_library(path, model_lib, device.kind)
         else:
-            pkg = compiler.prepare_package(path, device.kind, _device_detail(device))
+            # The cache key does not yet tell CUDA architectures apart (needs a compute-capability
+            # query in _core); the library is compiled for the GPU the compiling process sees.
+            pkg = compiler.prepare_package(path, device.kind)
     except (FileNotFoundError, NotImplementedError) as exc:
         raise ModelError(str(exc)) from exc
     except ValueError as exc:
         if isinstance(exc, TvmlmError):
             raise
         raise ModelError(str(exc)) from exc
-    _check_target(pkg.metadata, device, pkg.path / "lib.so")
     return pkg.path, pkg.metadata, pkg.compiled
 
 
@@ -169,26 +171,6 @@ def _sampling_defaults(package_dir: Path) -> dict[str, Any]:
     if not isinstance(gen, dict):
         return {}
     return {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), (int, float))}
-
-
-def _device_detail(device: Device) -> str:
-    if device.kind == "cuda":
-        from . import _core
-
-        return f"sm_{_core.device_compute_capability(device.index)}" if hasattr(_core, "device_compute_capability") else ""
-    return ""
-
-
-_TARGET_OF_KIND = {"cpu": "llvm", "cuda": "cuda", "metal": "metal", "vulkan": "vulkan"}
-
-
-def _check_target(meta: dict, device: Device, lib: Path) -> None:
-    want = _TARGET_OF_KIND[device.kind]
-    if meta.get("target") != want:
-        raise ModelError(
-            f"model library {str(lib)!r} was built for target {meta.get('target')!r}, "
-            f"but device {device} needs {want!r}; recompile for this device (leave model_lib=None)"
-        )
 
 
 class Engine:
@@ -254,8 +236,8 @@ class Engine:
 
                 raise OutOfMemoryError(str(exc)) from exc
             raise
-        self.chat = _Chat(self)
-        self.completions = _Completions(self)
+        self.chat = Chat(self)
+        self.completions = Completions(self)
         self.load_seconds = time.perf_counter() - t0
         logger.info("engine ready in %.2f s (%s)", self.load_seconds, "compiled" if compiled else "cached library")
 
@@ -425,118 +407,3 @@ def _make_callback(engine: Engine):
             target._on_deltas(deltas)
 
     return callback
-
-
-class _ChatCompletions:
-    def __init__(self, engine: Engine):
-        self._engine = engine
-
-    def create(self, *, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any):
-        """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks when stream."""
-        engine = self._engine
-        engine._check_open()
-        req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
-        rendered = engine.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
-        )
-        prompt_ids = engine.tokenizer.encode(rendered, add_special_tokens=False)
-        outputs, timing = engine._generate(prompt_ids, req)
-        model = req.model or engine.model_name
-        if stream:
-            return _chat_chunks(outputs, timing, model, req.include_usage)
-        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
-        return protocol.build_chat_completion(model, texts, finishes, prompt_tokens, completion_tokens,
-                                              usage_extra=timing.usage_extra())
-
-
-class _Usage:
-    """Token counts over a request's choices, from their latest outputs."""
-
-    def __init__(self) -> None:
-        self.prompt_tokens = 0
-        self.completion: dict[int, int] = {}
-
-    def add(self, out: _Output) -> None:
-        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
-        self.completion[out.index] = out.completion_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self.completion.values())
-
-
-def _collect(outputs: Iterator[_Output], n: int) -> tuple[list[str], list[str], int, int]:
-    """(texts, finish reasons) by choice index, prompt tokens, completion tokens of all choices."""
-    parts: list[list[str]] = [[] for _ in range(n)]
-    finishes: list[str | None] = [None] * n
-    usage = _Usage()
-    for out in outputs:
-        parts[out.index].append(out.text)
-        finishes[out.index] = out.finish_reason or finishes[out.index]
-        usage.add(out)
-    assert all(f is not None for f in finishes)
-    return ["".join(p) for p in parts], finishes, usage.prompt_tokens, usage.completion_tokens
-
-
-def _chat_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
-    chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
-    started: set[int] = set()  # choices whose first chunk (with the role) went out
-    usage = _Usage()
-    try:
-        for out in outputs:
-            usage.add(out)
-            i = out.index
-            if out.text or out.finish_reason is None or i not in started:
-                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text,
-                                                role=i not in started, index=i)
-                started.add(i)
-            if out.finish_reason is not None:
-                yield protocol.build_chat_chunk(chunk_id, model, created, content=None,
-                                                finish_reason=out.finish_reason, index=i)
-        if include_usage:
-            yield protocol.build_chat_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
-                                                  usage.completion_tokens, timing.usage_extra())
-    finally:
-        outputs.close()  # aborts the request when the consumer stops early
-
-
-class _Chat:
-    def __init__(self, engine: Engine):
-        self.completions = _ChatCompletions(engine)
-
-
-class _Completions:
-    def __init__(self, engine: Engine):
-        self._engine = engine
-
-    def create(self, *, prompt: str | list[int], stream: bool = False, **kwargs: Any):
-        """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
-        engine = self._engine
-        engine._check_open()
-        req = protocol.CompletionRequest.parse({"prompt": prompt, "stream": stream, **kwargs})
-        if isinstance(req.prompt, str):
-            prompt_ids = engine.tokenizer.encode(req.prompt, add_special_tokens=True)
-        else:
-            prompt_ids = list(req.prompt)
-        outputs, timing = engine._generate(prompt_ids, req)
-        model = req.model or engine.model_name
-        if stream:
-            return _completion_chunks(outputs, timing, model, req.include_usage)
-        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
-        return protocol.build_completion(model, texts, finishes, prompt_tokens, completion_tokens,
-                                         usage_extra=timing.usage_extra())
-
-
-def _completion_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
-    chunk_id, created = protocol.new_completion_id(), int(time.time())
-    usage = _Usage()
-    try:
-        for out in outputs:
-            usage.add(out)
-            yield protocol.build_completion_chunk(chunk_id, model, created, out.text, out.finish_reason,
-                                                  index=out.index)
-        if include_usage:
-            yield protocol.build_completion_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
-                                                        usage.completion_tokens, timing.usage_extra())
-    finally:
-        outputs.close()

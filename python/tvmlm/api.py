@@ -1,0 +1,131 @@
+"""The OpenAI-shaped request APIs of an Engine: `engine.chat.completions` and `engine.completions`.
+
+Each `create()` validates the request (protocol.py), turns it into prompt token ids, submits it
+through `Engine._generate`, and shapes the outputs as whole responses or streamed chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from .engine import Engine, _Output, _Timing
+
+
+class _ChatCompletions:
+    def __init__(self, engine: "Engine"):
+        self._engine = engine
+
+    def create(self, *, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any):
+        """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks when stream."""
+        engine = self._engine
+        engine._check_open()
+        req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
+        rendered = engine.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
+        )
+        prompt_ids = engine.tokenizer.encode(rendered, add_special_tokens=False)
+        outputs, timing = engine._generate(prompt_ids, req)
+        model = req.model or engine.model_name
+        if stream:
+            return _chat_chunks(outputs, timing, model, req.include_usage)
+        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
+        return protocol.build_chat_completion(model, texts, finishes, prompt_tokens, completion_tokens,
+                                              usage_extra=timing.usage_extra())
+
+
+class _Usage:
+    """Token counts over a request's choices, from their latest outputs."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion: dict[int, int] = {}
+
+    def add(self, out: _Output) -> None:
+        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.completion[out.index] = out.completion_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.completion.values())
+
+
+def _collect(outputs: Iterator[_Output], n: int) -> tuple[list[str], list[str], int, int]:
+    """(texts, finish reasons) by choice index, prompt tokens, completion tokens of all choices."""
+    parts: list[list[str]] = [[] for _ in range(n)]
+    finishes: list[str | None] = [None] * n
+    usage = _Usage()
+    for out in outputs:
+        parts[out.index].append(out.text)
+        finishes[out.index] = out.finish_reason or finishes[out.index]
+        usage.add(out)
+    assert all(f is not None for f in finishes)
+    return ["".join(p) for p in parts], finishes, usage.prompt_tokens, usage.completion_tokens
+
+
+def _chat_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
+    chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
+    started: set[int] = set()  # choices whose first chunk (with the role) went out
+    usage = _Usage()
+    try:
+        for out in outputs:
+            usage.add(out)
+            i = out.index
+            if out.text or out.finish_reason is None or i not in started:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text,
+                                                role=i not in started, index=i)
+                started.add(i)
+            if out.finish_reason is not None:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=None,
+                                                finish_reason=out.finish_reason, index=i)
+        if include_usage:
+            yield protocol.build_chat_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
+                                                  usage.completion_tokens, timing.usage_extra())
+    finally:
+        outputs.close()  # aborts the request when the consumer stops early
+
+
+class Chat:
+    def __init__(self, engine: "Engine"):
+        self.completions = _ChatCompletions(engine)
+
+
+class Completions:
+    def __init__(self, engine: "Engine"):
+        self._engine = engine
+
+    def create(self, *, prompt: str | list[int], stream: bool = False, **kwargs: Any):
+        """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
+        engine = self._engine
+        engine._check_open()
+        req = protocol.CompletionRequest.parse({"prompt": prompt, "stream": stream, **kwargs})
+        if isinstance(req.prompt, str):
+            prompt_ids = engine.tokenizer.encode(req.prompt, add_special_tokens=True)
+        else:
+            prompt_ids = list(req.prompt)
+        outputs, timing = engine._generate(prompt_ids, req)
+        model = req.model or engine.model_name
+        if stream:
+            return _completion_chunks(outputs, timing, model, req.include_usage)
+        texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
+        return protocol.build_completion(model, texts, finishes, prompt_tokens, completion_tokens,
+                                         usage_extra=timing.usage_extra())
+
+
+def _completion_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
+    chunk_id, created = protocol.new_completion_id(), int(time.time())
+    usage = _Usage()
+    try:
+        for out in outputs:
+            usage.add(out)
+            yield protocol.build_completion_chunk(chunk_id, model, created, out.text, out.finish_reason,
+                                                  index=out.index)
+        if include_usage:
+            yield protocol.build_completion_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
+                                                        usage.completion_tokens, timing.usage_extra())
+    finally:
+        outputs.close()
