@@ -39,13 +39,15 @@ class BuiltModule:
     mod: Any  # tvm.IRModule
     target: Any  # tvm.target.Target
     metadata: dict[str, Any]
+    int8_activations: bool = True
 
     def compile(self):
         import tvm
 
         from .pipeline import relax_pipeline
 
-        return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
+        pipeline = relax_pipeline(self.target, int8_activations=self.int8_activations)
+        return tvm.compile(self.mod, target=self.target, relax_pipeline=pipeline)
 
 
 def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
@@ -92,4 +94,4 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     bb = relax.BlockBuilder(mod)
     with bb.function("_metadata", params=[]):
         bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    return BuiltModule(bb.finalize(), tvm_target, metadata)
+    return BuiltModule(bb.finalize(), tvm_target, metadata, int8_activations=options.int8_activations)

@@ -6,14 +6,19 @@ import tvm
 from tvm import relax
 
 
-def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def relax_pipeline(target: tvm.target.Target, int8_activations: bool = True) -> tvm.transform.Pass:
+    """`int8_activations`: on CPUs with AVX-512 VNNI, packed-weight matmuls quantize their
+    activations to int8 (models/cpu_int8_matmul.py); otherwise they dequantize to float32."""
     if target.kind.name == "llvm":
         from tvm.relax.backend.cpu_generic import pipeline as tvm_pipeline
 
+        from . import cpu_int8_matmul
         from .cpu_attention import replace_cpu_attention_kernels
         from .cpu_schedule import schedule_cpu_kernels
 
         prologue = [replace_cpu_attention_kernels()]
+        if int8_activations and cpu_int8_matmul.supported(target):
+            prologue.append(cpu_int8_matmul.replace_packed_matmuls())
         schedule = [schedule_cpu_kernels(target)]
     elif target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as tvm_pipeline

@@ -1,0 +1,74 @@
+"""The AVX-512 VNNI packed matmul kernel (models/cpu_int8_matmul.py) against a numpy model of
+exactly what it computes: activations rounded to int8 per 32-element block, integer dot products,
+float32 scales. Anything wrong in the lane / nibble / block bookkeeping shows up as an O(1) error;
+the tolerance only covers float32 summation order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvmlm.models import cpu_int8_matmul  # noqa: E402
+from tvmlm.models.build import make_target  # noqa: E402
+
+TARGET = make_target("cpu")
+pytestmark = pytest.mark.skipif(not cpu_int8_matmul.supported(TARGET), reason="host CPU lacks AVX-512 VNNI")
+
+
+def _quantize_rows(x):
+    """x [M, K] -> (int8 values [M, K], scale per block [M, K/32]) as the kernel rounds them."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(blocks).max(axis=2)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    scaled = blocks * inv[..., None]
+    q = np.trunc(scaled + np.copysign(np.float32(0.5), scaled))  # llvm.round: half away from zero
+    return q.astype(np.int32), (amax / np.float32(127)).astype(np.float32)
+
+
+def _weights(fmt, n, k, rng):
+    nb = k // 32
+    scale = (rng.random((n, nb)) * 0.02 + 0.001).astype(np.float16)
+    if fmt == "q4_1":
+        q = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
+        mins = (-rng.random((n, nb)) * 0.1).astype(np.float16)
+        blocks = q.reshape(n, nb, 16)
+        values = np.concatenate([blocks & 15, blocks >> 4], axis=2).astype(np.int32)  # llama.cpp nibble order
+        return [q, scale, mins], values, scale, mins
+    q = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    return [q, scale], q.reshape(n, nb, 32).astype(np.int32), scale, None
+
+
+def _reference(x, values, scale, mins):
+    xq, xd = _quantize_rows(x)
+    m, k = x.shape
+    dots = np.einsum("mbj,nbj->mnb", xq.reshape(m, -1, 32), values).astype(np.float64)
+    y = (dots * xd[:, None, :] * scale.astype(np.float32)[None]).sum(axis=2)
+    if mins is not None:
+        y += (x.reshape(m, -1, 32).sum(axis=2)[:, None, :] * mins.astype(np.float32)[None]).sum(axis=2)
+    return y
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("lead", [(1, 1), (3, 1), (6, 1), (1, 70)])  # decode [batch, 1, K], prefill [1, tokens, K]
+def test_kernel_matches_numpy(fmt, lead):
+    n, k = 40, 192
+    rng = np.random.default_rng(0)
+    func = cpu_int8_matmul.int8_matmul(fmt, n, k).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    x = rng.standard_normal((*lead, k)).astype(np.float32)
+    x[0, 0, :32] = 0  # an all-zero block: scale 0, no division by zero
+    args, values, scale, mins = _weights(fmt, n, k, rng)
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((*lead, n), np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, *args]], y)
+    ref = _reference(x.reshape(-1, k), values, scale, mins).reshape(*lead, n)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_shapes_it_does_not_take_are_refused():
+    with pytest.raises(ValueError, match="K % 64"):
+        cpu_int8_matmul.int8_matmul("q4_1", 40, 96)
+    with pytest.raises(ValueError, match="expected q4_1 or q8_0"):
+        cpu_int8_matmul.int8_matmul("q5_0", 40, 128)
