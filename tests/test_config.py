@@ -219,6 +219,7 @@ def test_params_larger_than_budget():
     ({"gpu_memory_utilization": float("nan")}, ["gpu_memory_utilization=nan", "(0, 1]"]),
     ({"kv_dtype": "int8"}, ["kv_dtype='int8'", "'float32'", "'float16'", "'bfloat16'"]),
     ({"prefix_cache": "yes"}, ["prefix_cache='yes'", "True", "False"]),
+    ({"quantization": "q3_k"}, ["quantization='q3_k'", "'none'", "'q4_1'", "'q8_0'"]),
     ({"prefill_chunk_size": 4096, "max_total_sequence_length": 2048},
      ["prefill_chunk_size=4096", "max_total_sequence_length (2048)"]),
 ])

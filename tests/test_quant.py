@@ -1,7 +1,9 @@
 """Weights kept packed (q4_1 / q8_0, models/quant.py) against the dequantize-to-f32 path.
 
-Both paths see bit-identical float32 weights (the packed kernels dequantize exactly as the `gguf`
-package does), so logits may differ only by summation order and greedy tokens must agree.
+With `int8_activations=False` both paths see bit-identical float32 weights (the packed kernels
+dequantize exactly as the `gguf` package does), so logits may differ only by summation order. With
+the default int8 kernels (models/cpu_int8_matmul.py, AVX-512 VNNI hosts) activations are rounded to
+int8 per 32-element block, as llama.cpp does: logits move by about 1% of their scale, bounded below.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from tvmlm.compile import CompileOptions, prepare_package
 from tvmlm.weights import PackedWeight, load
 
 ALL_F32 = CompileOptions(weight_formats=(("embed", "f32"), ("linear", "f32"), ("lm_head", "f32")))
+FLOAT_ACTIVATIONS = CompileOptions(int8_activations=False)
+
+
+def _host_has_vnni() -> bool:
+    from tvmlm.models.build import make_target
+    from tvmlm.models.cpu_int8_matmul import supported
+
+    return supported(make_target("cpu"))
+
+
+needs_vnni = pytest.mark.skipif(not _host_has_vnni(), reason="host CPU lacks AVX-512 VNNI")
 
 
 def _greedy_logits(package_dir, prompt, steps):
@@ -46,7 +59,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("kind, linear_format", [("Q4_1", "q4_1"), ("Q4_0", "q4_1"), ("Q8_0", "q8_0")])
 def test_packed_matches_dequantized(tiny_gguf, kind, linear_format):
     path = tiny_gguf(kind)
-    packed = prepare_package(path, "cpu", progress=False)
+    packed = prepare_package(path, "cpu", options=FLOAT_ACTIVATIONS, progress=False)
     assert packed.metadata["weight_formats"] == {"linear": linear_format, "embed": "q8_0", "lm_head": linear_format}
     dense = prepare_package(path, "cpu", options=ALL_F32, progress=False)
     assert dense.metadata["weight_formats"] == {"linear": "f32", "embed": "f32", "lm_head": "f32"}
@@ -56,6 +69,35 @@ def test_packed_matches_dequantized(tiny_gguf, kind, linear_format):
     ref, ref_tokens = _greedy_logits(dense.path, prompt, 24)
     assert got_tokens == ref_tokens
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+
+
+@needs_vnni
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_int8_activations_close_to_dequantized(tiny_gguf, kind):
+    path = tiny_gguf(kind)
+    packed = prepare_package(path, "cpu", progress=False)
+    dense = prepare_package(path, "cpu", options=ALL_F32, progress=False)
+    prompt = [5, 17, 300, 42, 9, 100, 250, 7, 3]
+    got, _ = _greedy_logits(packed.path, prompt, 24)
+    ref, ref_tokens = _greedy_logits(dense.path, prompt, 24)
+    # Teacher-forced: both runs decode the reference tokens, so errors cannot compound.
+    forced = _forced_logits(packed.path, prompt, ref_tokens)
+    assert _relative_rms(forced, ref) < 0.1
+    assert _relative_rms(got[:1], ref[:1]) < 0.1  # the prefill logits, before any divergence
+
+
+def _relative_rms(got, ref):
+    return float(np.sqrt(((got - ref) ** 2).mean() / (ref**2).mean()))
+
+
+def _forced_logits(package_dir, prompt, tokens):
+    model = _core.Model(str(package_dir), "cpu:0", 2)
+    model.create_kv_cache(1, 512, 128)
+    model.add_sequence(0)
+    logits = [model.prefill([0], [prompt])[0]]
+    for token in tokens[:-1]:
+        logits.append(model.decode([0], [token])[0])
+    return np.stack(logits)
 
 
 def test_packed_weights_dequantize_like_gguf(tiny_gguf):
@@ -70,13 +112,73 @@ def test_packed_weights_dequantize_like_gguf(tiny_gguf):
     assert checked == 2 * 7 + 2  # every linear of both layers, the embedding and the lm_head
 
 
-def test_smollm2_packed_greedy_matches_f32(smollm2_path):
-    packed = prepare_package(smollm2_path, "cpu", progress=False)
+@pytest.mark.parametrize("int8_activations", [False, True])
+def test_smollm2_packed_greedy_matches_f32(smollm2_path, int8_activations):
+    if int8_activations and not _host_has_vnni():
+        pytest.skip("host CPU lacks AVX-512 VNNI")
+    options = CompileOptions(int8_activations=int8_activations)
+    packed = prepare_package(smollm2_path, "cpu", options=options, progress=False)
     assert packed.metadata["weight_formats"] == {"linear": "q4_1", "embed": "q8_0", "lm_head": "q8_0"}
     dense = prepare_package(smollm2_path, "cpu", options=ALL_F32, progress=False)
     # "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     prompt = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
     got, got_tokens = _greedy_logits(packed.path, prompt, 32)
     ref, ref_tokens = _greedy_logits(dense.path, prompt, 32)
+    if not int8_activations:
+        assert got_tokens == ref_tokens
+        assert np.abs(got - ref).max() < 1e-2
+        return
+    # int8 activations (measured on this prompt): greedy tokens agree up to token 30 of 33, where
+    # the reference's top-2 margin is 0.05; teacher-forced logits are within 8% relative RMS
+    # (llama.cpp on the same file: 3.6%).
+    assert got_tokens[:24] == ref_tokens[:24]
+    assert _relative_rms(_forced_logits(packed.path, prompt, ref_tokens), ref) < 0.15
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+def test_group_quantize_matches_gguf_reference(fmt):
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 96)).astype(np.float32)
+    packed = PackedWeight.quantize(fmt, w)
+    assert packed.fmt == fmt and packed.shape == (8, 96)
+    kind = GGMLQuantizationType.Q4_1 if fmt == "q4_1" else GGMLQuantizationType.Q8_0
+    reference = quants.dequantize(quants.quantize(w, kind), kind).reshape(8, 96)
+    np.testing.assert_array_equal(packed.dequantize(), reference)
+    step = np.abs(w).reshape(8, 3, 32).max(axis=2).repeat(32, axis=1) / (7.5 if fmt == "q4_1" else 127)
+    assert (np.abs(packed.dequantize() - w) <= step * 1.01).all()
+    with pytest.raises(ValueError, match="multiple of the 32-element block"):
+        PackedWeight.quantize(fmt, w[:, :40])
+
+
+@pytest.mark.parametrize("quantization", ["q8_0", "q4_1"])
+def test_hf_weights_group_quantized(tiny_model_dir, tmp_path, quantization):
+    """EngineConfig.quantization on float HF weights: the packed model computes exactly what the
+    float model does on the quantized-then-dequantized weights (activations kept float32)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    hf_dir = tiny_model_dir("llama")
+    options = CompileOptions(quantization=quantization, int8_activations=False)
+    packed = prepare_package(hf_dir, "cpu", options=options, progress=False)
+    assert packed.metadata["weight_formats"] == {"linear": quantization, "embed": "q8_0", "lm_head": quantization}
+    dense = prepare_package(hf_dir, "cpu", progress=False)
+    assert packed.metadata["params_bytes"] < dense.metadata["params_bytes"] / 3
+    # The same model with every weight replaced by its quantized-then-dequantized value.
+    rounded = tmp_path / "rounded"
+    shutil.copytree(hf_dir, rounded)
+    for file in rounded.glob("*.safetensors"):
+        tensors = load_file(file)
+        for name, w in tensors.items():
+            fmt = "q8_0" if name == "model.embed_tokens.weight" else quantization
+            if name.endswith(".weight") and w.ndim == 2:
+                tensors[name] = PackedWeight.quantize(fmt, w.astype(np.float32)).dequantize().astype(w.dtype)
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    reference = prepare_package(rounded, "cpu", progress=False)
+    prompt = [5, 17, 300, 42, 9, 100, 250, 7, 3]
+    got, got_tokens = _greedy_logits(packed.path, prompt, 12)
+    ref, ref_tokens = _greedy_logits(reference.path, prompt, 12)
     assert got_tokens == ref_tokens
-    assert np.abs(got - ref).max() < 1e-2
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)

@@ -67,6 +67,9 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError.bad_value(name, value, f"an integer >= {minimum}, or None to derive it")
 
 
+QUANTIZATIONS = ("none", "q4_1", "q8_0")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What the user asks for. Every field is optional: None means "derive it from the mode".
@@ -79,6 +82,10 @@ class EngineConfig:
     prefix_cache: reuse the KV of shared token prefixes (system prompts, earlier chat turns) by
         forking it from cached or running sequences; default True.
     kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's.
+    quantization: weights kept group-quantized (32-element blocks, float16 scales, llama.cpp's
+        layouts): "q4_1" (linears 4-bit, embeddings q8_0) or "q8_0"; "none" keeps float weights.
+        Default: a GGUF's Q4_0/Q4_1/Q8_0 blocks stay as they are, float weights stay float.
+        Applied when the model is compiled (part of the compile cache key).
     """
 
     max_num_sequence: int | None = None
@@ -88,6 +95,7 @@ class EngineConfig:
     num_threads: int | None = None
     prefix_cache: bool | None = None
     kv_dtype: str | None = None
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_num_sequence", self.max_num_sequence, 1)
@@ -100,6 +108,8 @@ class EngineConfig:
             raise ConfigError.bad_value("gpu_memory_utilization", u, "a number in (0, 1], or None")
         if self.prefix_cache is not None and not isinstance(self.prefix_cache, bool):
             raise ConfigError.bad_value("prefix_cache", self.prefix_cache, [True, False, None])
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ConfigError.bad_value("quantization", self.quantization, list(QUANTIZATIONS) + [None])
         if self.kv_dtype is not None and self.kv_dtype not in KV_DTYPE_BYTES:
             raise ConfigError.bad_value("kv_dtype", self.kv_dtype, list(KV_DTYPE_BYTES) + [None])
         if (

@@ -123,7 +123,9 @@ class _TextStream:
         return text, finish
 
 
-def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | None) -> tuple[Path, dict, bool]:
+def _resolve_package(
+    model: str | os.PathLike, device: Device, model_lib: str | None, quantization: str | None = None
+) -> tuple[Path, dict, bool]:
     """Return (package dir, metadata, compiled?) for `model`, compiling when needed."""
     path = Path(model).expanduser()
     if not path.exists():
@@ -131,7 +133,14 @@ def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | 
             f"model={str(model)!r} does not exist; expected a Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer), a .gguf file, or a compiled tvmlm package"
         )
-    if path.is_dir() and all((path / f).exists() for f in PACKAGE_FILES):
+    compiled_already = path.is_dir() and all((path / f).exists() for f in PACKAGE_FILES)
+    if quantization is not None and (compiled_already or model_lib is not None):
+        raise ConfigError(
+            f"quantization={quantization!r} applies when tvmlm compiles the model, but "
+            + ("model_lib was given" if model_lib is not None else f"model={str(model)!r} is already a compiled package")
+            + "; leave quantization=None"
+        )
+    if compiled_already:
         if model_lib is not None:
             raise ConfigError(
                 f"model_lib={model_lib!r} was given, but model={str(model)!r} is already a compiled package "
@@ -151,7 +160,7 @@ def _resolve_package(model: str | os.PathLike, device: Device, model_lib: str | 
         else:
             # The cache key does not yet tell CUDA architectures apart (needs a compute-capability
             # query in _core); the library is compiled for the GPU the compiling process sees.
-            pkg = compiler.prepare_package(path, device.kind)
+            pkg = compiler.prepare_package(path, device.kind, options=compiler.CompileOptions(quantization=quantization))
     except (FileNotFoundError, NotImplementedError) as exc:
         raise ModelError(str(exc)) from exc
     except ValueError as exc:
@@ -202,7 +211,8 @@ class Engine:
             raise ModelError(f"model_lib={str(model_lib)!r} does not exist (expected a compiled lib.so)")
         self.device = resolve_device(device)
         # 2-3. resolve the model and compile (cached) when no library is given.
-        self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib)
+        quantization = engine_config.quantization if engine_config is not None else None
+        self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib, quantization)
         self.model_name = Path(model).name
         # 4. tokenizer and chat template; the model's own sampling defaults (generation_config.json)
         # apply to fields a request leaves unset, as in transformers and vLLM.

@@ -35,6 +35,29 @@ def plan_weight_formats(cfg: LlamaConfig, packed_formats: dict[str, str], dtype:
     return {"linear": linear.pop() if len(linear) == 1 else "f32", "embed": embed, "lm_head": lm_head}
 
 
+def quantization_formats(cfg: LlamaConfig, quantization: str, dtype: str = "float32") -> dict[str, str]:
+    """Weight formats for EngineConfig.quantization: "q4_1" packs the linears in 4 bits and the
+    embeddings (and a tied lm_head) in q8_0, as llama.cpp's Q4 files do; "q8_0" packs all in 8 bits."""
+    if quantization not in ("none", "q4_1", "q8_0"):
+        raise ValueError(f"quantization={quantization!r}; expected one of none, q4_1, q8_0")
+    if quantization == "none":
+        return {"linear": "f32", "embed": "f32", "lm_head": "f32"}
+    if dtype != "float32":
+        raise ValueError(f"quantization={quantization!r} needs float32 activations, not dtype={dtype!r}")
+    return {"linear": quantization, "embed": "q8_0", "lm_head": "q8_0" if cfg.tie_word_embeddings else quantization}
+
+
+def _planned_format(name: str, formats: dict[str, str]) -> str:
+    """The planned format of a converted (fused-name) weight."""
+    if name == "model.embed_tokens.weight":
+        return formats.get("embed", "f32")
+    if name == "lm_head.weight":
+        return formats.get("lm_head", "f32")
+    if name.endswith(".weight") and name.split(".")[-2] in LINEAR_PARTS + ("qkv_proj", "gate_up_proj"):
+        return formats.get("linear", "f32")
+    return "f32"
+
+
 def keep_packed_predicate(formats: dict[str, str]):
     """`keep_packed(hf_name)` for LoadedModel.tensors() that matches a weight-format plan."""
 
@@ -113,6 +136,11 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
     keep = keep_packed_predicate(formats) if any(f != "f32" for f in formats.values()) else None
     with bar_cm as bar:
         for name, weight in convert_hf_tensors(cfg, loaded.tensors(keep) if keep else loaded.tensors()):
+            planned = _planned_format(name, formats)
+            if isinstance(weight, PackedWeight) and weight.fmt != planned:
+                weight = weight.dequantize()  # e.g. Q4_0 linears next to Q8_0 ones: all go through float
+            if not isinstance(weight, PackedWeight) and planned != "f32":
+                weight = PackedWeight.quantize(planned, weight)  # float source: group-quantize now
             if isinstance(weight, PackedWeight):
                 base = name.removesuffix(".weight")
                 pieces = {f"{base}.q": weight.q, f"{base}.scale": weight.scale}

@@ -47,6 +47,36 @@ class PackedWeight:
         rows, width = self.q.shape
         return rows, width * 2 if self.fmt == "q4_1" else width
 
+    @classmethod
+    def from_blocks(cls, kind: str, blocks: np.ndarray) -> "PackedWeight":
+        """Split llama.cpp blocks (uint8 [rows, cols/32, block bytes]) of GGML type `kind`
+        ("Q4_0", "Q4_1" or "Q8_0") into packed arrays (copies: the source may be memory-mapped)."""
+        rows = blocks.shape[0]
+        scale = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16).reshape(rows, -1).copy()
+        if kind == "Q8_0":
+            return cls("q8_0", np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, -1), scale)
+        if kind == "Q4_1":
+            minimum = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16).reshape(rows, -1).copy()
+            return cls("q4_1", np.ascontiguousarray(blocks[..., 4:]).reshape(rows, -1), scale, minimum)
+        if kind == "Q4_0":  # w = (nibble - 8) * d: q4_1 with min = -8 * d (exact in float16)
+            return cls("q4_1", np.ascontiguousarray(blocks[..., 2:]).reshape(rows, -1), scale, scale * np.float16(-8))
+        raise ValueError(f"no packed format for GGML type {kind!r}; supported: Q4_0, Q4_1, Q8_0")
+
+    @classmethod
+    def quantize(cls, fmt: str, weight: np.ndarray) -> "PackedWeight":
+        """Group-quantize a float [rows, cols] weight to `fmt` (q4_1 or q8_0: 32-element blocks,
+        float16 scales) with the `gguf` package's reference quantizer, as llama.cpp would."""
+        from gguf import GGMLQuantizationType, quants
+
+        kind = {"q4_1": "Q4_1", "q8_0": "Q8_0"}.get(fmt)
+        if kind is None:
+            raise ValueError(f"cannot quantize to {fmt!r}; supported: q4_1, q8_0")
+        rows, cols = weight.shape
+        if cols % 32:
+            raise ValueError(f"cannot quantize a weight of {cols} columns: not a multiple of the 32-element block")
+        blocks = quants.quantize(np.ascontiguousarray(weight, dtype=np.float32), GGMLQuantizationType[kind])
+        return cls.from_blocks(kind, blocks.reshape(rows, cols // 32, -1))
+
     def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> "PackedWeight":
         return PackedWeight(self.fmt, fn(self.q), fn(self.scale), None if self.min is None else fn(self.min))
 
@@ -79,7 +109,7 @@ class LoadedModel:
     def tensors(self, keep_packed: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
         """Yield `(hf_name, float32 array)` one tensor at a time; a tensor listed in
         `packed_formats` for which `keep_packed(name)` is true comes as a `PackedWeight` instead."""
-        if keep_packed is None:
+        if keep_packed is None or not self.packed_formats:
             return self._iter_tensors()
         return self._iter_tensors(keep_packed)
 

@@ -184,15 +184,7 @@ def _packed(t) -> PackedWeight:
     """Split GGUF blocks into tvmlm's packed arrays (copies: the file is memory-mapped)."""
     rows = int(t.shape[1])
     blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, -1, _BLOCK_BYTES[t.tensor_type])
-    scale = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16).reshape(rows, -1)
-    if t.tensor_type == QT.Q8_0:
-        q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, -1)
-        return PackedWeight("q8_0", q, scale.copy())
-    if t.tensor_type == QT.Q4_1:
-        minimum = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16).reshape(rows, -1)
-        return PackedWeight("q4_1", np.ascontiguousarray(blocks[..., 4:]).reshape(rows, -1), scale.copy(), minimum.copy())
-    # Q4_0: w = (nibble - 8) * d, i.e. q4_1 with min = -8 * d (exact in float16: a power of two).
-    return PackedWeight("q4_1", np.ascontiguousarray(blocks[..., 2:]).reshape(rows, -1), scale.copy(), (scale * np.float16(-8)).copy())
+    return PackedWeight.from_blocks(t.tensor_type.name, blocks)
 
 
 _BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
