@@ -1,4 +1,6 @@
-"""CPU schedules for the kernels that dominate a step: the weight matmuls.
+"""CPU schedules for the kernels that dominate a step: the weight matmuls (and fused elementwise
+kernels, see `schedule_elementwise`). On AVX-512 VNNI hosts the packed-weight matmuls are replaced
+before this runs (models/cpu_int8_matmul.py); this schedule serves float weights and other hosts.
 
 TVM's default llvm pipeline leaves matmuls as naive single-threaded loops, and its dlight CPU GEMV
 rule is 5-25x slower than this hand schedule here (see DESIGN.md). One schedule serves decode
@@ -107,6 +109,8 @@ def schedule_cpu_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
             if not isinstance(func, tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
                 continue
             scheduled = schedule_matmul(func)
+            if scheduled is None:
+                scheduled = schedule_elementwise(func)
             if scheduled is not None:
                 updates[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updates.items():
@@ -114,3 +118,35 @@ def schedule_cpu_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
         return mod
 
     return _pass
+
+
+def schedule_elementwise(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """Schedule a fused elementwise kernel (e.g. split + SiLU * up): producers inlined into the
+    last block, its innermost loop vectorized, the rows (outer loops) run in parallel. TVM's
+    default leaves these as one serial scalar loop nest (8% of a 512-token prefill here)."""
+    sch = s_tir.Schedule(func)
+    if not _has_root(sch):
+        return None
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if not blocks:
+        return None
+    for block in blocks:
+        if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
+            return None  # reductions: dlight's CPU Reduction rule takes those
+    for block in blocks[:-1]:
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 - not inlinable: not a kernel of this shape
+            return None
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    if len(loops) < 2:
+        return None
+    inner = _static_extent(sch, loops[-1])
+    if inner is None or inner % LANES:
+        return None
+    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    _, vec = sch.split(loops[-1], factors=[None, LANES])
+    sch.vectorize(vec)
+    sch.parallel(outer)
+    return sch.mod["main"]
