@@ -20,3 +20,7 @@ def test_bench_smoke(tmp_path):
         for key in ("load_cold_s", "ttft_128_s", "prefill_16_tok_s", "prefill_64_tok_s", "decode_b1_tok_s", "concurrent_4_tok_s", "peak_rss_mb"):
             assert r[key] > 0, (r["peer"], key)
     assert "tvmlm/transformers" in proc.stdout and "decode, batch 1" in proc.stdout
+    # the engine's own per-step cost, measured against the compiled model run alone
+    assert peers["tvmlm"]["model_step_ms"] > 0
+    assert 0 <= peers["tvmlm"]["engine_overhead_pct"] < 100
+    assert "engine overhead per decode step" in proc.stdout

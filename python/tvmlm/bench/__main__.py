@@ -27,6 +27,8 @@ METRICS = [
     ("ttft_128_s", "TTFT, 128-token prompt (s)", False),
     ("prefill", "", True),  # one row per prompt length measured: prefill_<n>_tok_s
     ("decode_b1_tok_s", "decode, batch 1 (tok/s)", True),
+    ("model_step_ms", "model forward alone, batch 1 (ms/step)", False),
+    ("engine_overhead_pct", "engine overhead per decode step (%)", False),
     ("concurrent_4_tok_s", "generated, 4 concurrent (tok/s)", True),
     ("concurrent_16_tok_s", "generated, 16 concurrent (tok/s)", True),
     ("concurrent_64_tok_s", "generated, 64 concurrent (tok/s)", True),

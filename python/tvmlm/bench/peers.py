@@ -85,6 +85,25 @@ class TvmlmPeer:
             t.join()
         return sum(done) / (time.perf_counter() - t0)
 
+    def model_step_seconds(self, prompt: list[int], steps: int) -> float:
+        """Seconds per batch-1 decode step of the compiled model alone (`_core.Model`: one forward
+        pass + logits to host, nothing else), at the same context length as `generate`. The
+        engine's per-step overhead (scheduling, sampling, stream-back, Python callback) is its
+        decode step time minus this."""
+        from tvmlm import _core
+
+        model = _core.Model(str(self.engine.package_dir), "cpu:0", self.engine.config.num_threads)
+        model.create_kv_cache(1, len(prompt) + steps + 8, len(prompt))
+        model.add_sequence(0)
+        token = int(model.prefill([0], [prompt])[0].argmax())
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            token = int(model.decode([0], [token])[0].argmax())
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return times[len(times) // 2]  # median: this machine's neighbours add noise
+
     def close(self) -> None:
         self.engine.terminate()
 
@@ -183,6 +202,11 @@ def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, 
         out[f"prefill_{n}_tok_s"] = n / peer.first_token_seconds(_prompt(n, peer.vocab, 2))
     first, total, n = peer.generate(_prompt(32, peer.vocab, 3), decode_tokens)
     out["decode_b1_tok_s"] = (n - 1) / (total - first)
+    if hasattr(peer, "model_step_seconds"):
+        engine_step = (total - first) / (n - 1)
+        model_step = peer.model_step_seconds(_prompt(32, peer.vocab, 3), min(decode_tokens, 64))
+        out["model_step_ms"] = model_step * 1e3
+        out["engine_overhead_pct"] = 100 * max(0.0, engine_step - model_step) / engine_step
     for c in concurrency:
         prompts = [_prompt(32, peer.vocab, 10 + i) for i in range(c)]
         out[f"concurrent_{c}_tok_s"] = peer.concurrent(prompts, decode_tokens)
