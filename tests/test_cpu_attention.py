@@ -6,9 +6,9 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu  # noqa: E402
-from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged_cpu  # noqa: E402
+from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu  # noqa: E402
 
-from tvmlm.models.cpu_attention import decode_paged_cpu, ragged_prefill_cpu  # noqa: E402
+from tvmlm.models.cpu_attention import decode_paged_cpu, prefill_paged_cpu, ragged_prefill_cpu  # noqa: E402
 
 _TARGET = {"kind": "llvm", "num-cores": 2}
 
@@ -139,3 +139,35 @@ def test_pass_replaces_ragged_kernel_keeping_global_var():
         assert not after[gvs[name]].same_as(before[name])
         assert "T.parallel" in after[gvs[name]].script()
         assert after[gvs[name]].attrs["global_symbol"] == before[name].attrs["global_symbol"]
+
+
+@pytest.mark.parametrize(
+    "h_kv,group,d,qlens,kvlens",
+    [
+        (3, 3, 64, [4, 1, 17], [20, 16, 40]),  # prompt tokens after a cached prefix
+        (2, 4, 32, [1, 30, 2], [1, 33, 130]),  # kv_len == qo_len; long prefix
+        (1, 2, 32, [3, 5], [0, 9]),  # a sequence without pages
+    ],
+)
+@pytest.mark.parametrize("causal", [0, 1])
+def test_paged_prefill_matches_tvm(h_kv, group, d, qlens, kvlens, causal):
+    h_q = h_kv * group
+    target = tvm.target.Target(_TARGET)
+    ours = tvm.compile(prefill_paged_cpu(h_kv, h_q, d, "float32"), target=target)
+    ref = tvm.compile(_attention_prefill_cpu(h_kv, h_q, d, "float32", False, {}), target=target)
+    rng = np.random.default_rng(h_q * d + len(qlens) + causal)
+    q = rng.standard_normal((sum(qlens), h_q, d)).astype("float32")
+    qi = np.cumsum([0, *qlens]).astype("int32")
+    pages, indptr, values, last = _paged_cache(rng, h_kv, d, kvlens)
+    dev = tvm.cpu()
+    results = []
+    for func in (ours, ref):
+        out = tvm.runtime.tensor(np.full(q.shape, 7.0, "float32"), dev)
+        lse = tvm.runtime.tensor(np.full(q.shape[:2], 7.0, "float32"), dev)
+        rope = (np.zeros(len(qlens), "int32"), np.zeros(len(q), "int32"))
+        args = [tvm.runtime.tensor(x, dev) for x in (q, qi, pages, indptr, values, last, *rope)]
+        func(*args, out, lse, causal, 0, 1.0, 10000.0, 1.0 / np.sqrt(d))
+        results.append((out.numpy(), lse.numpy()))
+    (o1, l1), (o2, l2) = results
+    assert np.abs(o1 - o2).max() <= 1e-4
+    assert np.abs(l1 - l2).max() <= 1e-3

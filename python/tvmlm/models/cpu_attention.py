@@ -319,6 +319,142 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
     return batch_decode_paged_kv
 
 
+def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16):
+    """Drop-in replacement for ``_attention_prefill_cpu(h_kv, h_q, d, dtype, sliding_window=False, ...)``: prompt
+    tokens attending to KV already in the cache's pages (prefix-cache hits, later prefill chunks).
+
+    TVM's kernel walks ``max_num_pages * page_size`` rows (every page of the whole cache, not of the
+    sequence) for each query token and head, serially: a 4-token prefix hit took 24 s with a 64-sequence cache.
+    This one runs in parallel over (query token, kv head), visits only the sequence's own keys allowed by
+    the mask, and shares each key/value row among the ``group_size`` query heads of its kv head."""
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
+
+    G = h_q // h_kv
+    D = d
+    TK = page_size
+    VQ = _vec_len(D)
+    NQ = D // VQ
+    scale_log2e = _LOG2E
+
+    # pylint: disable=too-many-locals,too-many-statements
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv(
+        var_q: T.handle,  # [total_len, h_q, d]
+        var_q_indptr: T.handle,  # [batch_size + 1]
+        var_pages: T.handle,  # [max_num_pages, 2, h_kv, page_size, d]
+        var_page_indptr: T.handle,  # [batch_size + 1]
+        var_page_values: T.handle,  # [nnz_pages]
+        var_length_info: T.handle,  # [b]: last_page_len
+        var_k_rope_pos_offset: T.handle,  # [b]
+        var_q_rope_position: T.handle,  # [total_len]
+        var_output: T.handle,  # [total_len, h_q, d]
+        var_lse: T.handle,  # [total_len, h_q]
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_prefill_paged_kv_cpu"})
+        batch_size = T.int32()
+        total_len = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        q_indptr_elem_offset = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+
+        q = T.match_buffer(var_q, (total_len, h_q, D), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, D), dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        output = T.match_buffer(var_output, (total_len, h_q, D), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
+        length_info = _declare_length_info(var_length_info, batch_size, False, length_info_elem_offset)
+
+        assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
+
+        for p in T.parallel(total_len * h_kv):
+            with T.sblock("attn"):
+                T.reads()
+                T.writes()
+                qf = T.sblock_alloc_buffer((G, D), "float32")
+                acc = T.sblock_alloc_buffer((G, D), "float32")
+                s = T.sblock_alloc_buffer((G, TK), "float32")
+                part = T.sblock_alloc_buffer((VQ,), "float32")
+                m = T.sblock_alloc_buffer((G,), "float32")
+                l = T.sblock_alloc_buffer((G,), "float32")
+                tmax = T.sblock_alloc_buffer((1,), "float32")
+                alpha = T.sblock_alloc_buffer((1,), "float32")
+                seq = T.sblock_alloc_buffer((1,), "int32")
+                tok: T.let[T.int32] = p // h_kv
+                hk: T.let[T.int32] = p % h_kv
+                seq[0] = 0
+                for bb in T.serial(batch_size):  # the sequence this token belongs to (batches are small)
+                    if q_indptr[bb] <= tok:
+                        seq[0] = bb
+                b: T.let[T.int32] = seq[0]
+                pg0: T.let[T.int32] = page_indptr[b]
+                pg1: T.let[T.int32] = page_indptr[b + 1]
+                kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, False), 0)
+                qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                row: T.let[T.int32] = tok - q_indptr[b]
+                kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(kv_len, kv_len - qo_len + row + 1), kv_len)
+                for g, dd in T.grid(G, D):
+                    qf[g, dd] = T.Cast("float32", q[tok, hk * G + g, dd]) * sm_scale * scale_log2e
+                for g in T.serial(G):
+                    m[g] = T.float32(-1e30)
+                    l[g] = T.float32(0)
+                    for dd in T.vectorized(D):
+                        acc[g, dd] = T.float32(0)
+                for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+                    k_start: T.let[T.int32] = tile * TK
+                    nk: T.let[T.int32] = T.min(TK, kend - k_start)
+                    for j in T.serial(TK):
+                        if j < nk:
+                            off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, False)
+                            page_no: T.let[T.int32] = page_values[pg0 + off // page_size]
+                            page_off: T.let[T.int32] = off % page_size
+                            for g in T.serial(G):
+                                for lane in T.vectorized(VQ):
+                                    part[lane] = T.float32(0)
+                                for c in T.serial(NQ):
+                                    for lane in T.vectorized(VQ):
+                                        part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
+                                s[g, j] = T.float32(0)
+                                for lane in T.serial(VQ):
+                                    s[g, j] = s[g, j] + part[lane]
+                        else:
+                            for g in T.serial(G):
+                                s[g, j] = T.float32(-1e30)
+                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
+                    for j in T.serial(TK):
+                        if j < nk:
+                            voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, False)
+                            vpage_no: T.let[T.int32] = page_values[pg0 + voff // page_size]
+                            vpage_off: T.let[T.int32] = voff % page_size
+                            for g in T.serial(G):
+                                for dd in T.vectorized(D):
+                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
+                for g in T.serial(G):
+                    if kend > 0:
+                        for dd in T.vectorized(D):
+                            output[tok, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+                        lse[tok, hk * G + g] = m[g] + T.log2(l[g])
+                    else:
+                        for dd in T.serial(D):
+                            output[tok, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+                        lse[tok, hk * G + g] = T.float32(_NEG)
+
+    return batch_prefill_paged_kv
+
+
 def _kv_cache_create_calls(mod: tvm.ir.IRModule) -> list:
     from tvm import relax
 
@@ -346,6 +482,7 @@ def _kv_cache_create_calls(mod: tvm.ir.IRModule) -> list:
 _ARG_HEADS = (3, 4, 5, 6)  # num_attention_heads, num_key_value_heads, qk_head_dim, v_head_dim
 _ARG_ROPE_MODE = 9
 _ARG_RAGGED_PREFILL = 16
+_ARG_PAGED_PREFILL = 17  # tir_attention_prefill_cpu (no sliding window)
 _ARG_DECODE = 18  # tir_attention_decode_cpu
 _ARG_DECODE_SLIDING = 20  # tir_attention_decode_cpu_sliding_window
 
@@ -375,6 +512,14 @@ def _decode_layout(func) -> tuple[str, int, int, int] | None:
     if match is None:
         return None
     return match.group(4) or "float32", int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+def _prefill_layout(func) -> tuple[str, int, int, int] | None:
+    """(dtype, h_kv, page_size, head_dim) of the ``pages`` buffer of TVM's (non-sliding) CPU paged-prefill PrimFunc."""
+    symbol = str((func.attrs or {}).get("global_symbol", "")) if isinstance(func, tvm.tirx.PrimFunc) else ""
+    if symbol != "batch_prefill_paged_kv_cpu":
+        return None
+    return _decode_layout(func)
 
 
 def _tir_kernel_gv(arg):
@@ -408,6 +553,12 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
                 continue
             if isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 14:
                 replace[gv] = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype)).with_attrs(dict(mod[gv].attrs or {}))
+            gv = _tir_kernel_gv(call.args[_ARG_PAGED_PREFILL])
+            if gv is not None and isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 15 and d_qk == d_v:
+                layout = _prefill_layout(mod[gv])
+                if layout is not None and layout[1] == h_kv and layout[3] == d_qk:
+                    func = prefill_paged_cpu(h_kv, h_q, d_qk, layout[0], page_size=layout[2])
+                    replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
             for pos, sliding in ((_ARG_DECODE, False), (_ARG_DECODE_SLIDING, True)):
                 gv = _tir_kernel_gv(call.args[pos]) if len(call.args) > pos else None
                 if gv is None or not isinstance(mod[gv], tvm.tirx.PrimFunc) or len(mod[gv].params) != 13:
