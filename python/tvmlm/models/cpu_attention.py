@@ -31,6 +31,7 @@ import math
 import re
 
 import tvm
+from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
 from tvm.script import tirx as T
 
 _KEY_TILE = 32
@@ -72,6 +73,62 @@ def _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D):
             s[g, j] = _fast_exp2(s[g, j] - tmax[0])
         for j in T.serial(TK):
             l[g] = l[g] + s[g, j]
+
+
+@T.macro
+def _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_values, pg0, b, hk, kend, length_info, sliding_window,
+                  G, TK, D, VQ, NQ, page_size):
+    """The G query heads in qf (pre-scaled, log2 domain) against keys [0, kend) of sequence b's pages for kv head
+    hk, in tiles of TK keys with an online softmax: leaves the running max m, sum l and unnormalized output acc.
+    Each key/value row is read once for all G heads."""
+    for g in T.serial(G):
+        m[g] = T.float32(-1e30)
+        l[g] = T.float32(0)
+        for dd in T.vectorized(D):
+            acc[g, dd] = T.float32(0)
+    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+        k_start: T.let[T.int32] = tile * TK
+        nk: T.let[T.int32] = T.min(TK, kend - k_start)
+        for j in T.serial(TK):
+            if j < nk:
+                off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
+                page_no: T.let[T.int32] = page_values[pg0 + off // page_size]
+                page_off: T.let[T.int32] = off % page_size
+                for g in T.serial(G):
+                    for lane in T.vectorized(VQ):
+                        part[lane] = T.float32(0)
+                    for c in T.serial(NQ):
+                        for lane in T.vectorized(VQ):
+                            part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
+                    s[g, j] = T.float32(0)
+                    for lane in T.serial(VQ):
+                        s[g, j] = s[g, j] + part[lane]
+            else:
+                for g in T.serial(G):
+                    s[g, j] = T.float32(-1e30)
+        _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
+        for j in T.serial(TK):
+            if j < nk:
+                voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
+                vpage_no: T.let[T.int32] = page_values[pg0 + voff // page_size]
+                vpage_off: T.let[T.int32] = voff % page_size
+                for g in T.serial(G):
+                    for dd in T.vectorized(D):
+                        acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
+
+
+@T.macro
+def _write_rows(output, lse, row, hk, acc, l, m, kend, G, D, dtype):
+    """Normalize acc into output[row, heads of hk] and write lse (log2); no visible key: 0 and -5e4."""
+    for g in T.serial(G):
+        if kend > 0:
+            for dd in T.vectorized(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+            lse[row, hk * G + g] = m[g] + T.log2(l[g])
+        else:
+            for dd in T.serial(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+            lse[row, hk * G + g] = T.float32(_NEG)
 
 
 def _vec_len(d: int) -> int:
@@ -202,7 +259,7 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
     Parallel over (sequence, kv head); the ``group_size`` query heads of a kv head are scored against each
     key/value row together (each row is read once per kv head), keys are processed in tiles of ``page_size`` with an
     online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original."""
-    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
 
     G = h_q // h_kv
     D = d
@@ -270,51 +327,9 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
                 kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
                 for g, dd in T.grid(G, D):
                     qf[g, dd] = T.Cast("float32", Q[b, hk * G + g, dd]) * sm_scale * scale_log2e
-                for g in T.serial(G):
-                    m[g] = T.float32(-1e30)
-                    l[g] = T.float32(0)
-                    for dd in T.vectorized(D):
-                        acc[g, dd] = T.float32(0)
-                for tile in T.serial((T.max(kv_len, 0) + TK - 1) // TK):
-                    k_start: T.let[T.int32] = tile * TK
-                    nk: T.let[T.int32] = T.min(TK, kv_len - k_start)
-                    # scores: each key row against the G query heads of this kv head
-                    for j in T.serial(TK):
-                        if j < nk:
-                            off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
-                            page_no: T.let[T.int32] = page_table_values[pg0 + off // page_size]
-                            page_off: T.let[T.int32] = off % page_size
-                            for g in T.serial(G):
-                                for lane in T.vectorized(VQ):
-                                    part[lane] = T.float32(0)
-                                for c in T.serial(NQ):
-                                    for lane in T.vectorized(VQ):
-                                        part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
-                                s[g, j] = T.float32(0)
-                                for lane in T.serial(VQ):
-                                    s[g, j] = s[g, j] + part[lane]
-                        else:
-                            for g in T.serial(G):
-                                s[g, j] = T.float32(-1e30)
-                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
-                    # p @ v: each value row once for the G query heads
-                    for j in T.serial(TK):
-                        if j < nk:
-                            voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
-                            vpage_no: T.let[T.int32] = page_table_values[pg0 + voff // page_size]
-                            vpage_off: T.let[T.int32] = voff % page_size
-                            for g in T.serial(G):
-                                for dd in T.vectorized(D):
-                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
-                for g in T.serial(G):
-                    if kv_len > 0:
-                        for dd in T.vectorized(D):
-                            output[b, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
-                        lse[b, hk * G + g] = m[g] + T.log2(l[g])
-                    else:
-                        for dd in T.serial(D):
-                            output[b, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
-                        lse[b, hk * G + g] = T.float32(_NEG)
+                _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_table_values, pg0, b, hk, kv_len, length_info,
+                              sliding_window, G, TK, D, VQ, NQ, page_size)
+                _write_rows(output, lse, b, hk, acc, l, m, kv_len, G, D, dtype)
 
     return batch_decode_paged_kv
 
@@ -327,7 +342,7 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
     sequence) for each query token and head, serially: a 4-token prefix hit took 24 s with a 64-sequence cache.
     This one runs in parallel over (query token, kv head), visits only the sequence's own keys allowed by
     the mask, and shares each key/value row among the ``group_size`` query heads of its kv head."""
-    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
 
     G = h_q // h_kv
     D = d
@@ -408,49 +423,9 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
                 kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(kv_len, kv_len - qo_len + row + 1), kv_len)
                 for g, dd in T.grid(G, D):
                     qf[g, dd] = T.Cast("float32", q[tok, hk * G + g, dd]) * sm_scale * scale_log2e
-                for g in T.serial(G):
-                    m[g] = T.float32(-1e30)
-                    l[g] = T.float32(0)
-                    for dd in T.vectorized(D):
-                        acc[g, dd] = T.float32(0)
-                for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
-                    k_start: T.let[T.int32] = tile * TK
-                    nk: T.let[T.int32] = T.min(TK, kend - k_start)
-                    for j in T.serial(TK):
-                        if j < nk:
-                            off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, False)
-                            page_no: T.let[T.int32] = page_values[pg0 + off // page_size]
-                            page_off: T.let[T.int32] = off % page_size
-                            for g in T.serial(G):
-                                for lane in T.vectorized(VQ):
-                                    part[lane] = T.float32(0)
-                                for c in T.serial(NQ):
-                                    for lane in T.vectorized(VQ):
-                                        part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
-                                s[g, j] = T.float32(0)
-                                for lane in T.serial(VQ):
-                                    s[g, j] = s[g, j] + part[lane]
-                        else:
-                            for g in T.serial(G):
-                                s[g, j] = T.float32(-1e30)
-                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
-                    for j in T.serial(TK):
-                        if j < nk:
-                            voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, False)
-                            vpage_no: T.let[T.int32] = page_values[pg0 + voff // page_size]
-                            vpage_off: T.let[T.int32] = voff % page_size
-                            for g in T.serial(G):
-                                for dd in T.vectorized(D):
-                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
-                for g in T.serial(G):
-                    if kend > 0:
-                        for dd in T.vectorized(D):
-                            output[tok, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
-                        lse[tok, hk * G + g] = m[g] + T.log2(l[g])
-                    else:
-                        for dd in T.serial(D):
-                            output[tok, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
-                        lse[tok, hk * G + g] = T.float32(_NEG)
+                _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_values, pg0, b, hk, kend, length_info,
+                              False, G, TK, D, VQ, NQ, page_size)
+                _write_rows(output, lse, tok, hk, acc, l, m, kend, G, D, dtype)
 
     return batch_prefill_paged_kv
 
