@@ -76,11 +76,21 @@ def _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D):
 
 
 @T.macro
-def _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_values, pg0, b, hk, kend, length_info, sliding_window,
-                  G, TK, D, VQ, NQ, page_size):
-    """The G query heads in qf (pre-scaled, log2 domain) against keys [0, kend) of sequence b's pages for kv head
-    hk, in tiles of TK keys with an online softmax: leaves the running max m, sum l and unnormalized output acc.
-    Each key/value row is read once for all G heads."""
+def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
+                  G, TK, D, VQ, NQ, page_size, dtype):
+    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [0, kend) of
+    sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key/value
+    row is read once for all G heads. Expands inside the caller's per-task sblock (the scratch buffers)."""
+    qf = T.sblock_alloc_buffer((G, D), "float32")
+    acc = T.sblock_alloc_buffer((G, D), "float32")
+    s = T.sblock_alloc_buffer((G, TK), "float32")
+    part = T.sblock_alloc_buffer((VQ,), "float32")
+    m = T.sblock_alloc_buffer((G,), "float32")
+    l = T.sblock_alloc_buffer((G,), "float32")
+    tmax = T.sblock_alloc_buffer((1,), "float32")
+    alpha = T.sblock_alloc_buffer((1,), "float32")
+    for g, dd in T.grid(G, D):
+        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * sm_scale * _LOG2E
     for g in T.serial(G):
         m[g] = T.float32(-1e30)
         l[g] = T.float32(0)
@@ -115,20 +125,16 @@ def _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_values, pg0, 
                 for g in T.serial(G):
                     for dd in T.vectorized(D):
                         acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
-
-
-@T.macro
-def _write_rows(output, lse, row, hk, acc, l, m, kend, G, D, dtype):
-    """Normalize acc into output[row, heads of hk] and write lse (log2); no visible key: 0 and -5e4."""
     for g in T.serial(G):
         if kend > 0:
             for dd in T.vectorized(D):
                 output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
             lse[row, hk * G + g] = m[g] + T.log2(l[g])
-        else:
+        else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
             for dd in T.serial(D):
                 output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
             lse[row, hk * G + g] = T.float32(_NEG)
+
 
 
 def _vec_len(d: int) -> int:
@@ -266,7 +272,6 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
     TK = page_size
     VQ = _vec_len(D)
     NQ = D // VQ
-    scale_log2e = _LOG2E
     global_symbol = "batch_decode_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
 
     # pylint: disable=too-many-locals,too-many-statements
@@ -312,24 +317,13 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
             with T.sblock("attn"):
                 T.reads()
                 T.writes()
-                qf = T.sblock_alloc_buffer((G, D), "float32")
-                acc = T.sblock_alloc_buffer((G, D), "float32")
-                s = T.sblock_alloc_buffer((G, TK), "float32")
-                part = T.sblock_alloc_buffer((VQ,), "float32")
-                m = T.sblock_alloc_buffer((G,), "float32")
-                l = T.sblock_alloc_buffer((G,), "float32")
-                tmax = T.sblock_alloc_buffer((1,), "float32")
-                alpha = T.sblock_alloc_buffer((1,), "float32")
                 b: T.let[T.int32] = p // h_kv
                 hk: T.let[T.int32] = p % h_kv
                 pg0: T.let[T.int32] = page_table_indptr[b]
                 pg1: T.let[T.int32] = page_table_indptr[b + 1]
                 kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
-                for g, dd in T.grid(G, D):
-                    qf[g, dd] = T.Cast("float32", Q[b, hk * G + g, dd]) * sm_scale * scale_log2e
-                _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_table_values, pg0, b, hk, kv_len, length_info,
-                              sliding_window, G, TK, D, VQ, NQ, page_size)
-                _write_rows(output, lse, b, hk, acc, l, m, kv_len, G, D, dtype)
+                _attend_pages(Q, output, lse, b, b, hk, kv_len, pages, page_table_values, pg0, length_info, sliding_window,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype)
 
     return batch_decode_paged_kv
 
@@ -349,7 +343,6 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
     TK = page_size
     VQ = _vec_len(D)
     NQ = D // VQ
-    scale_log2e = _LOG2E
 
     # pylint: disable=too-many-locals,too-many-statements
     @T.prim_func(s_tir=True)
@@ -399,14 +392,6 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
             with T.sblock("attn"):
                 T.reads()
                 T.writes()
-                qf = T.sblock_alloc_buffer((G, D), "float32")
-                acc = T.sblock_alloc_buffer((G, D), "float32")
-                s = T.sblock_alloc_buffer((G, TK), "float32")
-                part = T.sblock_alloc_buffer((VQ,), "float32")
-                m = T.sblock_alloc_buffer((G,), "float32")
-                l = T.sblock_alloc_buffer((G,), "float32")
-                tmax = T.sblock_alloc_buffer((1,), "float32")
-                alpha = T.sblock_alloc_buffer((1,), "float32")
                 seq = T.sblock_alloc_buffer((1,), "int32")
                 tok: T.let[T.int32] = p // h_kv
                 hk: T.let[T.int32] = p % h_kv
@@ -421,11 +406,8 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
                 qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 row: T.let[T.int32] = tok - q_indptr[b]
                 kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(kv_len, kv_len - qo_len + row + 1), kv_len)
-                for g, dd in T.grid(G, D):
-                    qf[g, dd] = T.Cast("float32", q[tok, hk * G + g, dd]) * sm_scale * scale_log2e
-                _attend_pages(qf, acc, s, part, m, l, tmax, alpha, pages, page_values, pg0, b, hk, kend, length_info,
-                              False, G, TK, D, VQ, NQ, page_size)
-                _write_rows(output, lse, tok, hk, acc, l, m, kend, G, D, dtype)
+                _attend_pages(q, output, lse, tok, b, hk, kend, pages, page_values, pg0, length_info, False,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype)
 
     return batch_prefill_paged_kv
 
