@@ -215,22 +215,19 @@ def prepare_package(
         return hit
 
     loaded = weights.load(model_path)
-    if not options.weight_formats and options.quantization is not None:
+    if not options.weight_formats and (options.quantization is not None or loaded.packed_formats):
+        # Asked-for group quantization, else block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay
+        # packed: 4-6x fewer bytes per token.
         from dataclasses import replace
 
-        from .models.convert import quantization_formats
+        from .models.convert import plan_weight_formats, quantization_formats
         from .models.llama_config import LlamaConfig
 
-        plan = quantization_formats(LlamaConfig.from_hf(loaded.config), options.quantization, options.dtype)
-        options = replace(options, weight_formats=tuple(sorted(plan.items())))
-    elif not options.weight_formats and loaded.packed_formats:
-        # Block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay packed: 4-6x fewer bytes per token.
-        from dataclasses import replace
-
-        from .models.convert import plan_weight_formats
-        from .models.llama_config import LlamaConfig
-
-        plan = plan_weight_formats(LlamaConfig.from_hf(loaded.config), loaded.packed_formats, options.dtype)
+        cfg = LlamaConfig.from_hf(loaded.config)
+        if options.quantization is not None:
+            plan = quantization_formats(cfg, options.quantization, options.dtype)
+        else:
+            plan = plan_weight_formats(cfg, loaded.packed_formats, options.dtype)
         options = replace(options, weight_formats=tuple(sorted(plan.items())))
     lkey = lib_key(loaded.config, tkey, options)
     mkey = _digest({"lib": lkey, "weights": weights_fingerprint(loaded.source_files)})

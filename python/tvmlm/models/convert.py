@@ -48,7 +48,7 @@ def quantization_formats(cfg: LlamaConfig, quantization: str, dtype: str = "floa
 
 
 def _planned_format(name: str, formats: dict[str, str]) -> str:
-    """The planned format of a converted (fused-name) weight."""
+    """The planned format of a weight, by its HF name or its converted (fused qkv / gate_up) name."""
     if name == "model.embed_tokens.weight":
         return formats.get("embed", "f32")
     if name == "lm_head.weight":
@@ -60,15 +60,7 @@ def _planned_format(name: str, formats: dict[str, str]) -> str:
 
 def keep_packed_predicate(formats: dict[str, str]):
     """`keep_packed(hf_name)` for LoadedModel.tensors() that matches a weight-format plan."""
-
-    def keep(name: str) -> bool:
-        if name == "model.embed_tokens.weight":
-            return formats.get("embed", "f32") != "f32"
-        if name == "lm_head.weight":
-            return formats.get("lm_head", "f32") != "f32"
-        return name.endswith(".weight") and name.split(".")[-2] in LINEAR_PARTS and formats.get("linear", "f32") != "f32"
-
-    return keep
+    return lambda name: _planned_format(name, formats) != "f32"
 
 
 def _concat(parts: list) -> Any:
