@@ -63,15 +63,13 @@ def _q4_position(i):
     return (j // 16) * 32 + j % 16 + half * 16
 
 
-def int8_matmul(fmt: str, n_out: int, k_in: int, lead_ndim: int = 3):
-    """y[..., n] = x[..., :] . W[n, :] for packed W (q4_1 or q8_0), x float32 with `lead_ndim` - 1
-    leading dims of any size (decode: [batch, 1, K]; prefill: [1, tokens, K])."""
+def int8_matmul(fmt: str, n_out: int, k_in: int):
+    """y[a, b, n] = x[a, b, :] . W[n, :] for packed W (q4_1 or q8_0) and float32 x of any [a, b]
+    (decode: [batch, 1, K]; prefill: [1, tokens, K])."""
     if fmt not in ("q4_1", "q8_0"):
         raise ValueError(f"int8 matmul format {fmt!r}; expected q4_1 or q8_0")
     if k_in % PAIR or n_out % ROWS:
         raise ValueError(f"int8 matmul needs K % {PAIR} == 0 and N % {ROWS} == 0, got N={n_out} K={k_in}")
-    if lead_ndim != 3:
-        raise ValueError("int8 matmul is written for [a, b, K] activations")
     N, K, R, RU, MU, MC, PF = n_out, k_in, ROWS, ROW_UNROLL, TOKEN_UNROLL, TOKEN_CHUNK, PREFETCH_ROWS
     G = K // PAIR  # pairs of blocks per row
     NB = K // 32
