@@ -12,6 +12,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvmlm.models import cpu_int8_matmul  # noqa: E402
 from tvmlm.models.build import make_target  # noqa: E402
+from tvmlm.weights import PackedWeight  # noqa: E402
 
 TARGET = make_target("cpu")
 pytestmark = pytest.mark.skipif(not cpu_int8_matmul.supported(TARGET), reason="host CPU lacks AVX-512 VNNI")
@@ -46,20 +47,23 @@ def _reference(x, values, scale, mins):
     dots = np.einsum("mbj,nbj->mnb", xq.reshape(m, -1, 32), values).astype(np.float64)
     y = (dots * xd[:, None, :] * scale.astype(np.float32)[None]).sum(axis=2)
     if mins is not None:
-        y += (x.reshape(m, -1, 32).sum(axis=2)[:, None, :] * mins.astype(np.float32)[None]).sum(axis=2)
+        y += ((xq.reshape(m, -1, 32).sum(axis=2) * xd)[:, None, :] * mins.astype(np.float32)[None]).sum(axis=2)
     return y
 
 
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
-@pytest.mark.parametrize("lead", [(1, 1), (3, 1), (6, 1), (1, 70)])  # decode [batch, 1, K], prefill [1, tokens, K]
-def test_kernel_matches_numpy(fmt, lead):
-    n, k = 40, 192
+@pytest.mark.parametrize("lead", [(1, 1), (3, 1), (6, 1), (1, 70), (1, 135)])  # decode [batch, 1, K], prefill [1, tokens, K]
+@pytest.mark.parametrize("n", [48, 80])  # 80 rows: 5 groups, a partial decode tile and a partial prefill tile
+def test_kernel_matches_numpy(fmt, lead, n):
+    k = 96  # 3 blocks
     rng = np.random.default_rng(0)
     func = cpu_int8_matmul.int8_matmul(fmt, n, k).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
     x = rng.standard_normal((*lead, k)).astype(np.float32)
     x[0, 0, :32] = 0  # an all-zero block: scale 0, no division by zero
     args, values, scale, mins = _weights(fmt, n, k, rng)
+    packed = PackedWeight(fmt, args[0], args[1], args[2] if fmt == "q4_1" else None)
+    args = [a for a in packed.interleaved_rows(group=16) if a is not None]  # the layout the kernel reads
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.zeros((*lead, n), np.float32), dev)
     lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, *args]], y)
@@ -68,7 +72,7 @@ def test_kernel_matches_numpy(fmt, lead):
 
 
 def test_shapes_it_does_not_take_are_refused():
-    with pytest.raises(ValueError, match="K % 64"):
+    with pytest.raises(ValueError, match="N % 16"):
         cpu_int8_matmul.int8_matmul("q4_1", 40, 96)
     with pytest.raises(ValueError, match="expected q4_1 or q8_0"):
         cpu_int8_matmul.int8_matmul("q5_0", 40, 128)

@@ -346,8 +346,10 @@ def test_chat_prompt_equals_transformers_template(tiny_engine, tiny_model_dir):
 
 
 def test_smollm2_answers_paris(smollm2_engine):
+    # Not "What is the capital of France?": under the default system prompt its first token is a
+    # near tie (top-2 margin 0.08 in float32), and llama.cpp on this file answers in French there.
     r = smollm2_engine.chat.completions.create(
-        messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=32, **GREEDY
+        messages=[{"role": "user", "content": "Name the capital of France."}], max_tokens=32, **GREEDY
     )
     assert "Paris" in r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"

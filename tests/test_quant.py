@@ -128,11 +128,10 @@ def test_smollm2_packed_greedy_matches_f32(smollm2_path, int8_activations):
         assert got_tokens == ref_tokens
         assert np.abs(got - ref).max() < 1e-2
         return
-    # int8 activations (measured on this prompt): greedy tokens agree up to token 30 of 33, where
-    # the reference's top-2 margin is 0.05; teacher-forced logits are within 8% relative RMS
-    # (llama.cpp on the same file: 3.6%).
-    assert got_tokens[:24] == ref_tokens[:24]
-    assert _relative_rms(_forced_logits(packed.path, prompt, ref_tokens), ref) < 0.15
+    # int8 activations (measured on this prompt): all 33 greedy tokens agree; teacher-forced logits
+    # are within 4.1% relative RMS (llama.cpp on the same file: 3.6%).
+    assert got_tokens == ref_tokens
+    assert _relative_rms(_forced_logits(packed.path, prompt, ref_tokens), ref) < 0.06
 
 
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
@@ -182,3 +181,24 @@ def test_hf_weights_group_quantized(tiny_model_dir, tmp_path, quantization):
     ref, ref_tokens = _greedy_logits(reference.path, prompt, 12)
     assert got_tokens == ref_tokens
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+def test_row_interleaved_layout_dequantizes_like_plain(fmt):
+    """The TE semantics of the row-interleaved layout (embedding lookups, and the float path should
+    the int8 kernel not take a matmul) reads the same weights as PackedWeight.dequantize."""
+    import tvm
+    from tvm import te
+
+    from tvmlm.models.quant import dequantize_blocks
+
+    rows, cols = 48, 96
+    weight = PackedWeight.quantize(fmt, np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32))
+    arrays = [a for a in weight.interleaved_rows(group=16) if a is not None]
+    placeholders = [te.placeholder(a.shape, str(a.dtype)) for a in arrays]
+    q, scale, *mins = placeholders
+    out = dequantize_blocks(fmt, q, scale, mins[0] if mins else None, rows, cols)
+    lib = tvm.compile(te.create_prim_func([*placeholders, out]), target="llvm")
+    got = tvm.runtime.tensor(np.zeros((rows, cols // 32, 2, 16), np.float32))
+    lib(*[tvm.runtime.tensor(a) for a in arrays], got)
+    np.testing.assert_array_equal(got.numpy().reshape(rows, cols), weight.dequantize())

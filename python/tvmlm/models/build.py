@@ -65,6 +65,10 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     cfg.embed_format = formats.get("embed", "f32")
     cfg.lm_head_format = formats.get("lm_head", "f32")
     tvm_target = make_target(device_kind, target)
+    from . import cpu_int8_matmul
+
+    # The int8 kernels read packed weights in the row-interleaved layout; other paths, the plain one.
+    cfg.interleave_rows = bool(options.int8_activations and cpu_int8_matmul.supported(tvm_target))
     model = LlamaForCausalLM(cfg)
     with tvm_target:
         mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
@@ -89,6 +93,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         "tvmlm_version": __version__,
         "params": params,
         "weight_formats": {"linear": cfg.linear_format, "embed": cfg.embed_format, "lm_head": cfg.lm_head_format},
+        "interleave_rows": cfg.interleave_rows,
         "params_bytes": int(sum(int(np.prod(p["shape"])) * _DTYPE_BYTES[p["dtype"]] for p in params)),
     }
     bb = relax.BlockBuilder(mod)

@@ -135,9 +135,13 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
                 weight = PackedWeight.quantize(planned, weight)  # float source: group-quantize now
             if isinstance(weight, PackedWeight):
                 base = name.removesuffix(".weight")
-                pieces = {f"{base}.q": weight.q, f"{base}.scale": weight.scale}
-                if weight.min is not None:
-                    pieces[f"{base}.min"] = weight.min
+                q, scale, minimum = weight.q, weight.scale, weight.min
+                scale_spec = expected.get(f"{base}.scale")
+                if scale_spec is not None and len(scale_spec["shape"]) == 3:  # row-interleaved (models/quant.py)
+                    q, scale, minimum = weight.interleaved_rows(group=scale_spec["shape"][2])
+                pieces = {f"{base}.q": q, f"{base}.scale": scale}
+                if minimum is not None:
+                    pieces[f"{base}.min"] = minimum
             else:
                 pieces = {name: weight}
             for piece_name, array in pieces.items():

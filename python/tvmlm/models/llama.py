@@ -20,11 +20,11 @@ from .llama_config import LlamaConfig
 from .quant import QuantEmbedding, QuantLinear
 
 
-def _linear(in_features: int, out_features: int, fmt: str, bias: bool = False) -> nn.Module:
+def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bias: bool = False) -> nn.Module:
     """A dense nn.Linear, or a QuantLinear that keeps its weight packed (models/quant.py)."""
     if fmt == "f32":
         return nn.Linear(in_features, out_features, bias=bias)
-    return QuantLinear(in_features, out_features, fmt, bias=bias)
+    return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows)
 
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -32,8 +32,8 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         qkv_rows = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = _linear(cfg.hidden_size, qkv_rows, cfg.linear_format, bias=cfg.attention_bias)
-        self.o_proj = _linear(self.num_heads * self.head_dim, cfg.hidden_size, cfg.linear_format)
+        self.qkv_proj = _linear(cfg, cfg.hidden_size, qkv_rows, cfg.linear_format, bias=cfg.attention_bias)
+        self.o_proj = _linear(cfg, self.num_heads * self.head_dim, cfg.hidden_size, cfg.linear_format)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False)
@@ -54,8 +54,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         self.intermediate_size = cfg.intermediate_size
-        self.gate_up_proj = _linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.linear_format)
-        self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
+        self.gate_up_proj = _linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.linear_format)
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
@@ -79,7 +79,9 @@ class Decoder(nn.Module):
         if cfg.embed_format == "f32":
             self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         else:
-            self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, cfg.embed_format)
+            self.embed_tokens = QuantEmbedding(
+                cfg.vocab_size, cfg.hidden_size, cfg.embed_format, cfg.interleave_rows and cfg.tie_word_embeddings
+            )  # interleaved only where it serves as the lm_head
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)
 
@@ -94,7 +96,7 @@ class LlamaForCausalLM(nn.Module):
         self.cfg = cfg
         self.model = Decoder(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, cfg.lm_head_format)
+            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, cfg.lm_head_format)
         if cfg.dtype != "float32":
             # nn modules create float32 parameters; activations and the KV cache follow the
             # parameters' dtype (rms_norm and attention accumulate in float32 internally).

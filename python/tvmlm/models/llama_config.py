@@ -39,6 +39,8 @@ class LlamaConfig:
     linear_format: str = "f32"
     embed_format: str = "f32"
     lm_head_format: str = "f32"
+    # Packed weights in the row-interleaved layout of the int8 CPU kernels (models/quant.py).
+    interleave_rows: bool = False
 
     @staticmethod
     def from_hf(config: dict[str, Any]) -> LlamaConfig:

@@ -11,6 +11,17 @@ low nibble and element j + 16 in its high nibble), so GGUF Q4_1 blocks copy over
 16-byte vector load yields 16 consecutive weights per nibble half. GGUF Q4_0 maps onto q4_1
 exactly (min = -8 * scale); Q8_0 maps onto q8_0. The dequantized value is the same float32 that
 the `gguf` package computes, so the packed and the dequantize-to-f32 paths see identical weights.
+
+Row-interleaved layout (`row_group` = ROW_GROUP = 16; for the int8 kernels of
+models/cpu_int8_matmul.py): the same bytes, regrouped so that one 64-byte vector holds 4
+consecutive bytes of each of 16 rows. With G = rows / 16, r = row % 16, and W = 4-byte words per
+row block (q4_1: 4, q8_0: 8):
+
+    q      [G, K/32, W * 64]   byte c of word s of row r of block b at [g, b, s * 64 + r * 4 + c]
+    scale  [G, K/32, 16]       (min likewise)
+
+`PackedWeight.interleave_rows` converts; weights whose row count is not a multiple of 16 keep the
+plain layout.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from tvm.relax.frontend.nn import Tensor, op
 
 FORMATS = ("f32", "q4_1", "q8_0")
 BLOCK = 32
+ROW_GROUP = 16  # rows per group of the row-interleaved layout (= int32 lanes of a 512-bit register)
 
 
 def _weight(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, n, k):
@@ -33,13 +45,24 @@ HALF = BLOCK // 2
 
 def _block_value(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, n, b, h, j):
     """Element j of half h of block b of row n. Written per block so that, for a fixed (n, b, h),
-    the 16 values of j read 16 consecutive bytes and one scale: one vector load, no gathers."""
-    s = scale[n, b].astype("float32")
+    the 16 values of j read 16 consecutive bytes and one scale (plain layout: one vector load)."""
+    index = n, b
+    if len(scale.shape) == 3:  # row-interleaved: byte c of row word s -> [g, b, s * 64 + r * 4 + c]
+        g, r = n // ROW_GROUP, n % ROW_GROUP
+        index = g, b, r
+
+        def byte(i):
+            return q[g, b, i // 4 * (4 * ROW_GROUP) + r * 4 + i % 4]
+    else:
+
+        def byte(i):
+            return q[n, b * (BLOCK if fmt == "q8_0" else HALF) + i]
+
+    s = scale[index].astype("float32")
     if fmt == "q8_0":
-        return q[n, b * BLOCK + h * HALF + j].astype("float32") * s
-    byte = q[n, b * HALF + j]
-    nibble = tirx.bitwise_and(tirx.shift_right(byte, (h * 4).astype("uint8")), tirx.const(15, "uint8"))
-    return nibble.astype("float32") * s + minimum[n, b].astype("float32")
+        return byte(h * HALF + j).astype("float32") * s
+    nibble = tirx.bitwise_and(tirx.shift_right(byte(j), (h * 4).astype("uint8")), tirx.const(15, "uint8"))
+    return nibble.astype("float32") * s + minimum[index].astype("float32")
 
 
 def dequantize_blocks(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tensor | None, rows: int, cols: int) -> te.Tensor:
@@ -74,19 +97,23 @@ def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor 
 class _Packed(nn.Module):
     """The parameters of one packed [rows, cols] weight."""
 
-    def __init__(self, rows: int, cols: int, fmt: str):
+    def __init__(self, rows: int, cols: int, fmt: str, interleave_rows: bool = False):
         if fmt not in ("q4_1", "q8_0"):
             raise ValueError(f"packed weight format {fmt!r}; expected q4_1 or q8_0")
         if cols % BLOCK:
             raise ValueError(f"{cols} columns is not a multiple of the {BLOCK}-element block")
         self.rows, self.cols, self.fmt = rows, cols, fmt
-        if fmt == "q4_1":
-            self.q = nn.Parameter((rows, cols // 2), "uint8")
-            self.min = nn.Parameter((rows, cols // BLOCK), "float16")
+        dtype = "uint8" if fmt == "q4_1" else "int8"
+        row_bytes = cols // 2 if fmt == "q4_1" else cols
+        if interleave_rows and rows % ROW_GROUP == 0:
+            groups, blocks = rows // ROW_GROUP, cols // BLOCK
+            q_shape = (groups, blocks, row_bytes // blocks * ROW_GROUP)
+            scale_shape: tuple[int, ...] = (groups, blocks, ROW_GROUP)
         else:
-            self.q = nn.Parameter((rows, cols), "int8")
-            self.min = None
-        self.scale = nn.Parameter((rows, cols // BLOCK), "float16")
+            q_shape, scale_shape = (rows, row_bytes), (rows, cols // BLOCK)
+        self.q = nn.Parameter(q_shape, dtype)
+        self.min = nn.Parameter(scale_shape, "float16") if fmt == "q4_1" else None
+        self.scale = nn.Parameter(scale_shape, "float16")
 
     def matmul(self, x: Tensor) -> Tensor:
         return quant_matmul(x, self.fmt, self.q, self.scale, self.min, self.rows, self.cols)
@@ -95,8 +122,8 @@ class _Packed(nn.Module):
 class QuantLinear(_Packed):
     """y = x @ dequantize(W).T (+ bias); parameters `q`, `scale` (+ `min`, `bias`)."""
 
-    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = False):
-        super().__init__(out_features, in_features, fmt)
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = False, interleave_rows: bool = False):
+        super().__init__(out_features, in_features, fmt, interleave_rows)
         self.bias = nn.Parameter((out_features,), "float32") if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,8 +134,8 @@ class QuantLinear(_Packed):
 class QuantEmbedding(_Packed):
     """Embedding lookup that dequantizes only the rows it reads; `matmul` serves a tied lm_head."""
 
-    def __init__(self, num: int, dim: int, fmt: str):
-        super().__init__(num, dim, fmt)
+    def __init__(self, num: int, dim: int, fmt: str, interleave_rows: bool = False):
+        super().__init__(num, dim, fmt, interleave_rows)
 
     def forward(self, ids: Tensor) -> Tensor:
         fmt, dim = self.fmt, self.cols

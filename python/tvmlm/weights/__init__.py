@@ -77,6 +77,22 @@ class PackedWeight:
         blocks = quants.quantize(np.ascontiguousarray(weight, dtype=np.float32), GGMLQuantizationType[kind])
         return cls.from_blocks(kind, blocks.reshape(rows, cols // 32, -1))
 
+    def interleaved_rows(self, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(q, scale, min) in the row-interleaved layout of tvmlm/models/quant.py: per group of
+        `group` rows and per block, 4-byte words of the group's rows side by side, so that one
+        vector holds the same word of every row (q [rows/group, blocks, bytes per row block * group],
+        scale and min [rows/group, blocks, group])."""
+        rows, blocks = self.scale.shape
+        if rows % group:
+            raise ValueError(f"cannot interleave {rows} rows in groups of {group}")
+        words = self.q.shape[1] // blocks // 4
+
+        def scales(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.ascontiguousarray(a.reshape(rows // group, group, blocks).transpose(0, 2, 1))
+
+        q = self.q.reshape(rows // group, group, blocks, words, 4).transpose(0, 2, 3, 1, 4)
+        return np.ascontiguousarray(q).reshape(rows // group, blocks, -1), scales(self.scale), scales(self.min)
+
     def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> "PackedWeight":
         return PackedWeight(self.fmt, fn(self.q), fn(self.scale), None if self.min is None else fn(self.min))
 
