@@ -35,6 +35,9 @@ from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
 from tvm.script import tirx as T
 
 _KEY_TILE = 32
+_SCORE_TILE = 16  # keys per ragged-prefill score tile: one float32x16 vector of scores
+_QUERY_VECTORS = 24  # ragged prefill: query vectors (rows x grouped heads) per task share each key tile
+_MAX_QUERY_ROWS = 8
 _LOG2E = math.log2(math.e)
 _NEG = -5e4
 
@@ -137,6 +140,29 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
 
 
 
+def _tree(v, width: int, combine):
+    """Reduce the `width` lanes of vector `v` to a scalar with `combine`: a shuffle tree."""
+    width //= 2
+    while width >= 1:
+        v = combine(T.Shuffle([v], list(range(width))), T.Shuffle([v], list(range(width, 2 * width))))
+        width //= 2
+    return v
+
+
+def _tree_sum(terms: list, chains: int = 4):
+    """Sum of (product) vector expressions in `chains` independent running sums, so LLVM contracts
+    each product into an FMA and the chains overlap; no memory accumulator."""
+    sums = []
+    for c in range(min(chains, len(terms))):
+        acc = terms[c]
+        for t in terms[c + chains :: chains]:
+            acc = acc + t
+        sums.append(acc)
+    while len(sums) > 1:
+        sums = [sums[i] + sums[i + 1] if i + 1 < len(sums) else sums[i] for i in range(0, len(sums), 2)]
+    return sums[0]
+
+
 def _vec_len(d: int) -> int:
     for v in (16, 8, 4, 2):
         if d % v == 0:
@@ -145,11 +171,18 @@ def _vec_len(d: int) -> int:
 
 
 def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
-    """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``."""
+    """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``.
+
+    Keys are first transposed per sequence (``kt[kv head, d, key]``), so the scores of one query
+    vector against a tile of ``TK`` keys are ``d_qk`` vector FMAs with no horizontal sums. Each task
+    takes a block of up to ``R`` query rows and one kv head, and walks the keys its last row may see.
+    Scores and p @ v are single vector expressions per tile (no loop-carried memory accumulators:
+    TVM turns scratch of 1 KB or more into heap workspace, which LLVM cannot keep in registers)."""
     G = h_q // h_kv
-    TK = _KEY_TILE
-    VQ = _vec_len(d_qk)
-    NQ = d_qk // VQ
+    TK = _SCORE_TILE
+    R = max(1, min(_MAX_QUERY_ROWS, _QUERY_VECTORS // G))  # query rows per task
+    RG = R * G
+    VD = _vec_len(d_v)  # lanes of one p @ v output chunk
     scale_log2e = _LOG2E
 
     # pylint: disable=too-many-locals,too-many-statements
@@ -190,71 +223,86 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
 
         assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
 
-        for b in T.serial(batch_size):
-            with T.sblock("seq"):
-                T.reads()
-                T.writes()
-                q0: T.let[T.int32] = q_indptr[b]
-                kv0: T.let[T.int32] = kv_indptr[b]
-                n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
-                n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                for p in T.parallel(((n_q + 1) // 2) * h_kv):
-                    for t in T.serial(2):
-                        with T.sblock("attn"):
-                            T.reads()
-                            T.writes()
-                            qf = T.sblock_alloc_buffer((G, d_qk), "float32")
-                            acc = T.sblock_alloc_buffer((G, d_v), "float32")
-                            s = T.sblock_alloc_buffer((G, TK), "float32")
-                            part = T.sblock_alloc_buffer((VQ,), "float32")
-                            m = T.sblock_alloc_buffer((G,), "float32")
-                            l = T.sblock_alloc_buffer((G,), "float32")
-                            tmax = T.sblock_alloc_buffer((1,), "float32")
-                            alpha = T.sblock_alloc_buffer((1,), "float32")
-                            hk: T.let[T.int32] = p % h_kv
-                            pr: T.let[T.int32] = p // h_kv
-                            row: T.let[T.int32] = T.if_then_else(t == 0, pr, n_q - 1 - pr)
-                            if t == 0 or row != pr:
-                                kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + row + 1), n_kv)
-                                for g, dd in T.grid(G, d_qk):
-                                    qf[g, dd] = T.Cast("float32", q[q0 + row, hk * G + g, dd]) * sm_scale * scale_log2e
-                                for g in T.serial(G):
-                                    m[g] = T.float32(-1e30)
-                                    l[g] = T.float32(0)
-                                    for dd in T.vectorized(d_v):
-                                        acc[g, dd] = T.float32(0)
-                                for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
-                                    k_start: T.let[T.int32] = tile * TK
-                                    nk: T.let[T.int32] = T.min(TK, kend - k_start)
-                                    # scores (keys past the tile end are padded with -inf-ish, exp2 -> ~0)
-                                    for g, j in T.grid(G, TK):
-                                        if j < nk:
-                                            for lane in T.vectorized(VQ):
-                                                part[lane] = T.float32(0)
-                                            for c in T.serial(NQ):
-                                                for lane in T.vectorized(VQ):
-                                                    part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", k[kv0 + k_start + j, hk, c * VQ + lane])
-                                            s[g, j] = T.float32(0)
-                                            for lane in T.serial(VQ):
-                                                s[g, j] = s[g, j] + part[lane]
-                                        else:
-                                            s[g, j] = T.float32(-1e30)
-                                    _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, d_v)
-                                    # p @ v
-                                    for j in T.serial(TK):
-                                        if j < nk:
-                                            for g in T.serial(G):
-                                                for dd in T.vectorized(d_v):
-                                                    acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", v[kv0 + k_start + j, hk, dd])
-                                for g in T.serial(G):
-                                    if kend > 0:
+        with T.sblock("root"):
+            T.reads()
+            T.writes()
+            # keys transposed, padded by a tile so a tile's vector load never leaves the buffer
+            kt = T.sblock_alloc_buffer((h_kv, d_qk, kv_len + TK), "float32")
+            for p in T.parallel(h_kv * d_qk):
+                for j in T.serial(kv_len + TK):
+                    kt[p // d_qk, p % d_qk, j] = T.if_then_else(j < kv_len, T.Cast("float32", k[T.min(j, kv_len - 1), p // d_qk, p % d_qk]), T.float32(0))
+            for b in T.serial(batch_size):
+                with T.sblock("seq"):
+                    T.reads()
+                    T.writes()
+                    q0: T.let[T.int32] = q_indptr[b]
+                    kv0: T.let[T.int32] = kv_indptr[b]
+                    n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                    n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
+                    n_blocks: T.let[T.int32] = (n_q + R - 1) // R
+                    # causal blocks get more keys the later they are: task p takes block pb and block
+                    # n_blocks - 1 - pb, so the statically chunked parallel loop stays balanced
+                    for p in T.parallel(((n_blocks + 1) // 2) * h_kv):
+                        for t in T.serial(2):
+                            with T.sblock("attn"):
+                                T.reads()
+                                T.writes()
+                                qf = T.sblock_alloc_buffer((RG, d_qk), "float32")
+                                acc = T.sblock_alloc_buffer((RG, d_v), "float32")
+                                s = T.sblock_alloc_buffer((RG, TK), "float32")
+                                m = T.sblock_alloc_buffer((RG,), "float32")
+                                l = T.sblock_alloc_buffer((RG,), "float32")
+                                hk: T.let[T.int32] = p % h_kv
+                                pb: T.let[T.int32] = p // h_kv
+                                blk: T.let[T.int32] = T.if_then_else(t == 0, pb, n_blocks - 1 - pb)
+                                if t == 0 or blk != pb:
+                                    r0: T.let[T.int32] = blk * R
+                                    rows: T.let[T.int32] = T.min(R, n_q - r0)
+                                    # keys visible to the block's last row (causal: row r sees n_kv - n_q + r + 1)
+                                    kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + r0 + rows), n_kv)
+                                    for i, dd in T.grid(RG, d_qk):
+                                        qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * sm_scale * scale_log2e
+                                    for i in T.serial(RG):
+                                        m[i] = T.float32(-1e30)
+                                        l[i] = T.float32(0)
                                         for dd in T.vectorized(d_v):
-                                            output[q0 + row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
-                                        lse[q0 + row, hk * G + g] = m[g] + T.log2(l[g])
-                                    else:
-                                        for dd in T.serial(d_v):
-                                            output[q0 + row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
-                                        lse[q0 + row, hk * G + g] = T.float32(_NEG)
+                                            acc[i, dd] = T.float32(0)
+                                    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+                                        k_start: T.let[T.int32] = tile * TK
+                                        for i in T.serial(RG):
+                                            # scores of query vector i against the tile, masked past its last key
+                                            row_end: T.let[T.int32] = T.if_then_else(
+                                                causal > 0, T.min(n_kv, n_kv - n_q + r0 + i // G + 1), n_kv) - k_start
+                                            s[i, T.ramp(0, 1, TK)] = T.Select(
+                                                T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
+                                                _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, dd, kv0 + k_start], f"float32x{TK}")
+                                                           for dd in range(d_qk)]),
+                                                T.broadcast(T.float32(-1e30), TK))
+                                            # online softmax (log2 space)
+                                            tmax: T.let[T.float32] = T.max(m[i], _tree(s.vload([i, 0], f"float32x{TK}"), TK, T.max))
+                                            alpha: T.let[T.float32] = _fast_exp2(m[i] - tmax)
+                                            m[i] = tmax
+                                            for j in T.vectorized(TK):
+                                                s[i, j] = T.if_then_else(j < row_end, _fast_exp2(s[i, j] - tmax), T.float32(0))
+                                            l[i] = l[i] * alpha + _tree(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+                                            # p @ v (keys past the end have p = 0; their index is clamped)
+                                            for c in T.unroll(d_v // VD):
+                                                acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(
+                                                    [acc.vload([i, c * VD], f"float32x{VD}") * T.broadcast(alpha, VD)]
+                                                    + [T.broadcast(s[i, j], VD) * T.Cast(f"float32x{VD}", v.vload(
+                                                        [kv0 + T.min(k_start + j, n_kv - 1), hk, c * VD], f"{dtype}x{VD}"))
+                                                       for j in range(TK)])
+                                    for i in T.serial(RG):
+                                        if i // G < rows:
+                                            row_kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + r0 + i // G + 1), n_kv)
+                                            if row_kend > 0:
+                                                for dd in T.vectorized(d_v):
+                                                    output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, acc[i, dd] / l[i])
+                                                lse[q0 + r0 + i // G, hk * G + i % G] = m[i] + T.log2(l[i])
+                                            else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
+                                                for dd in T.serial(d_v):
+                                                    output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, T.float32(0))
+                                                lse[q0 + r0 + i // G, hk * G + i % G] = T.float32(_NEG)
 
     return batch_prefill_ragged_kv
 
