@@ -72,6 +72,12 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     model = LlamaForCausalLM(cfg)
     with tvm_target:
         mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
+    if tvm_target.kind.name == "llvm":
+        from .cpu_rope import replace_fused_rope
+
+        # TVM's CPU rope kernel is serial and evaluates cos/sin per element of every head
+        mod = replace_fused_rope(mod, theta=cfg.rope_theta, head_dim=cfg.head_dim, num_q_heads=cfg.num_attention_heads,
+                                 num_kv_heads=cfg.num_key_value_heads, dtype=cfg.dtype, rope_scaling=cfg.rope_scaling)
     params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
     metadata = {
         "architecture": cfg.model_type,
