@@ -100,7 +100,7 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
                 # unpack once per tile, use for every activation row
                 for nu in T.unroll(nu_n):
                     if q4:
-                        w = q.vload([g0 + nu, b, s * 64], "uint8x64")
+                        w: T.let[T.uint8x64] = q.vload([g0 + nu, b, s * 64], "uint8x64")
                         wv[nu * 2, T.ramp(0, 1, 64)] = T.bitwise_and(w, T.broadcast(T.uint8(15), 64))
                         wv[nu * 2 + 1, T.ramp(0, 1, 64)] = T.shift_right(w, T.broadcast(T.uint8(4), 64))
                     else:
@@ -108,7 +108,7 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
                             T.reinterpret("uint8x64", q.vload([g0 + nu, b, s * 64], "int8x64")), T.broadcast(T.uint8(128), 64))
                 for mu in T.unroll(mu_n):
                     for nu in T.unroll(nu_n):
-                        i = mu * nu_n + nu
+                        i: T.let[T.int32] = mu * nu_n + nu
                         if q4:
                             iacc[i, T.ramp(0, 1, LANES)] = _dot(
                                 _dot(iacc.vload([i, 0], "int32x16"), wv.vload([nu * 2, 0], "uint8x64"), xq[m0 + mu, b * 8 + s]),
@@ -122,9 +122,9 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
                     mv[nu, T.ramp(0, 1, LANES)] = T.Cast("float32x16", mins.vload([g0 + nu, b, 0], "float16x16"))
             for mu in T.unroll(mu_n):
                 for nu in T.unroll(nu_n):
-                    i = mu * nu_n + nu
-                    dot = T.Cast("float32x16", iacc.vload([i, 0], "int32x16"))
-                    scales = sv.vload([nu, 0], "float32x16") * T.broadcast(xd[m0 + mu, b], LANES)
+                    i: T.let[T.int32] = mu * nu_n + nu
+                    dot: T.let[T.float32x16] = T.Cast("float32x16", iacc.vload([i, 0], "int32x16"))
+                    scales: T.let[T.float32x16] = sv.vload([nu, 0], "float32x16") * T.broadcast(xd[m0 + mu, b], LANES)
                     if q4:
                         acc[i, T.ramp(0, 1, LANES)] = (acc.vload([i, 0], "float32x16") + dot * scales
                                                        + mv.vload([nu, 0], "float32x16") * T.broadcast(xc[m0 + mu, b], LANES))
