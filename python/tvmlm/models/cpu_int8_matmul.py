@@ -285,9 +285,38 @@ def replace_packed_matmuls() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="tvmlm_int8_matmul")
     def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        # One kernel per (format, N, K): prefill, decode and the batch functions each export their
+        # own copy of a weight's matmul, and each int8 kernel takes seconds of LLVM time.
+        canonical: dict = {}
+        remap = {}
         for gv, shape in _packed_matmul_calls(mod).items():
+            if shape in canonical:
+                remap[gv] = canonical[shape]
+                continue
+            canonical[shape] = gv
             attrs = {**dict(mod[gv].attrs or {}), "op_pattern": _OPAQUE, "tirx.is_scheduled": True}
             mod[gv] = int8_matmul(*shape).with_attrs(attrs)
-        return mod
+        return _redirect_calls(mod, remap) if remap else mod
 
     return _pass
+
+
+def _redirect_calls(mod: tvm.ir.IRModule, remap: dict) -> tvm.ir.IRModule:
+    """`mod` with every call_tir of a GlobalVar in `remap` calling its replacement instead, and the
+    replaced PrimFuncs removed."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Redirect(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir" and call.args[0] in remap:
+                return relax.Call(call.op, [remap[call.args[0]], *call.args[1:]], call.attrs, call.ty_args, call.span)
+            return call
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = _Redirect().visit_expr(func)
+    for gv in remap:
+        del mod[gv]
+    return mod
