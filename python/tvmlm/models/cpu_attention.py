@@ -59,87 +59,6 @@ def _fast_exp2(x):
     return p * scale
 
 
-@T.macro
-def _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D):
-    """Fold one tile of scores s[G, TK] (log2 domain) into the running max m, sum l and output
-    acc[G, D]; s is replaced by its exponentials, ready for the p @ v step."""
-    for g in T.serial(G):
-        tmax[0] = m[g]
-        for j in T.serial(TK):
-            tmax[0] = T.max(tmax[0], s[g, j])
-        alpha[0] = _fast_exp2(m[g] - tmax[0])
-        m[g] = tmax[0]
-        l[g] = l[g] * alpha[0]
-        for dd in T.vectorized(D):
-            acc[g, dd] = acc[g, dd] * alpha[0]
-        for j in T.vectorized(TK):
-            s[g, j] = _fast_exp2(s[g, j] - tmax[0])
-        for j in T.serial(TK):
-            l[g] = l[g] + s[g, j]
-
-
-@T.macro
-def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
-                  G, TK, D, VQ, NQ, page_size, dtype):
-    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [0, kend) of
-    sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key/value
-    row is read once for all G heads. Expands inside the caller's per-task sblock (the scratch buffers)."""
-    qf = T.sblock_alloc_buffer((G, D), "float32")
-    acc = T.sblock_alloc_buffer((G, D), "float32")
-    s = T.sblock_alloc_buffer((G, TK), "float32")
-    part = T.sblock_alloc_buffer((VQ,), "float32")
-    m = T.sblock_alloc_buffer((G,), "float32")
-    l = T.sblock_alloc_buffer((G,), "float32")
-    tmax = T.sblock_alloc_buffer((1,), "float32")
-    alpha = T.sblock_alloc_buffer((1,), "float32")
-    for g, dd in T.grid(G, D):
-        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * sm_scale * _LOG2E
-    for g in T.serial(G):
-        m[g] = T.float32(-1e30)
-        l[g] = T.float32(0)
-        for dd in T.vectorized(D):
-            acc[g, dd] = T.float32(0)
-    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
-        k_start: T.let[T.int32] = tile * TK
-        nk: T.let[T.int32] = T.min(TK, kend - k_start)
-        for j in T.serial(TK):
-            if j < nk:
-                off: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
-                page_no: T.let[T.int32] = page_values[pg0 + off // page_size]
-                page_off: T.let[T.int32] = off % page_size
-                for g in T.serial(G):
-                    for lane in T.vectorized(VQ):
-                        part[lane] = T.float32(0)
-                    for c in T.serial(NQ):
-                        for lane in T.vectorized(VQ):
-                            part[lane] = part[lane] + qf[g, c * VQ + lane] * T.Cast("float32", pages[page_no, 0, hk, page_off, c * VQ + lane])
-                    s[g, j] = T.float32(0)
-                    for lane in T.serial(VQ):
-                        s[g, j] = s[g, j] + part[lane]
-            else:
-                for g in T.serial(G):
-                    s[g, j] = T.float32(-1e30)
-        _online_softmax_step(s, m, l, acc, tmax, alpha, G, TK, D)
-        for j in T.serial(TK):
-            if j < nk:
-                voff: T.let[T.int32] = _get_seq_offset(k_start + j, b, length_info, sliding_window)
-                vpage_no: T.let[T.int32] = page_values[pg0 + voff // page_size]
-                vpage_off: T.let[T.int32] = voff % page_size
-                for g in T.serial(G):
-                    for dd in T.vectorized(D):
-                        acc[g, dd] = acc[g, dd] + s[g, j] * T.Cast("float32", pages[vpage_no, 1, hk, vpage_off, dd])
-    for g in T.serial(G):
-        if kend > 0:
-            for dd in T.vectorized(D):
-                output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
-            lse[row, hk * G + g] = m[g] + T.log2(l[g])
-        else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
-            for dd in T.serial(D):
-                output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
-            lse[row, hk * G + g] = T.float32(_NEG)
-
-
-
 def _tree(v, width: int, combine):
     """Reduce the `width` lanes of vector `v` to a scalar with `combine`: a shuffle tree."""
     width //= 2
@@ -161,6 +80,64 @@ def _tree_sum(terms: list, chains: int = 4):
     while len(sums) > 1:
         sums = [sums[i] + sums[i + 1] if i + 1 < len(sums) else sums[i] for i in range(0, len(sums), 2)]
     return sums[0]
+
+
+@T.macro
+def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
+                  G, TK, D, VQ, NQ, page_size, dtype):
+    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [0, kend) of
+    sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key's
+    page slot is looked up once for all G heads and for both K and V. Scores and p @ v are vector expressions
+    (no loop-carried memory accumulators). Expands inside the caller's per-task sblock (the scratch buffers)."""
+    qf = T.sblock_alloc_buffer((G, D), "float32")
+    acc = T.sblock_alloc_buffer((G, D), "float32")
+    s = T.sblock_alloc_buffer((G, TK), "float32")
+    m = T.sblock_alloc_buffer((G,), "float32")
+    l = T.sblock_alloc_buffer((G,), "float32")
+    alpha = T.sblock_alloc_buffer((G,), "float32")
+    slot_page = T.sblock_alloc_buffer((TK,), "int32")
+    slot_off = T.sblock_alloc_buffer((TK,), "int32")
+    for g, dd in T.grid(G, D):
+        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * sm_scale * _LOG2E
+    for g in T.serial(G):
+        m[g] = T.float32(-1e30)
+        l[g] = T.float32(0)
+        for dd in T.vectorized(D):
+            acc[g, dd] = T.float32(0)
+    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+        k_start: T.let[T.int32] = tile * TK
+        nk: T.let[T.int32] = T.min(TK, kend - k_start)
+        for j in T.serial(TK):
+            # keys past the tile's end repeat its last key (in range); their scores are masked
+            off: T.let[T.int32] = _get_seq_offset(k_start + T.min(j, nk - 1), b, length_info, sliding_window)
+            slot_page[j] = page_values[pg0 + off // page_size]
+            slot_off[j] = off % page_size
+            for g in T.unroll(G):
+                s[g, j] = T.if_then_else(j < nk, _tree(_tree_sum([
+                    qf.vload([g, c * VQ], f"float32x{VQ}")
+                    * T.Cast(f"float32x{VQ}", pages.vload([slot_page[j], 0, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}"))
+                    for c in range(NQ)]), VQ, lambda a, c: a + c), T.float32(-1e30))
+        for g in T.serial(G):
+            tmax: T.let[T.float32] = T.max(m[g], _tree(s.vload([g, 0], f"float32x{TK}"), TK, T.max))
+            alpha[g] = _fast_exp2(m[g] - tmax)
+            m[g] = tmax
+            for j in T.vectorized(TK):
+                s[g, j] = T.if_then_else(j < nk, _fast_exp2(s[g, j] - tmax), T.float32(0))
+            l[g] = l[g] * alpha[g] + _tree(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+            for c in T.unroll(NQ):
+                acc[g, T.ramp(c * VQ, 1, VQ)] = _tree_sum(
+                    [acc.vload([g, c * VQ], f"float32x{VQ}") * T.broadcast(alpha[g], VQ)]
+                    + [T.broadcast(s[g, j], VQ) * T.Cast(f"float32x{VQ}", pages.vload(
+                        [slot_page[j], 1, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}")) for j in range(TK)])
+    for g in T.serial(G):
+        if kend > 0:
+            for dd in T.vectorized(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+            lse[row, hk * G + g] = m[g] + T.log2(l[g])
+        else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
+            for dd in T.serial(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+            lse[row, hk * G + g] = T.float32(_NEG)
 
 
 def _vec_len(d: int) -> int:
