@@ -202,3 +202,26 @@ def test_row_interleaved_layout_dequantizes_like_plain(fmt):
     got = tvm.runtime.tensor(np.zeros((rows, cols // 32, 2, 16), np.float32))
     lib(*[tvm.runtime.tensor(a) for a in arrays], got)
     np.testing.assert_array_equal(got.numpy().reshape(rows, cols), weight.dequantize())
+
+
+def test_float16_kv_cache(tiny_gguf):
+    """kv_dtype="float16" on a float32 model: the cache stores half the bytes. q, k, v and the
+    attention output pass through float16 (TVM's KV cache takes one dtype); scores and softmax
+    run in float32. Measured: 1.5% logits rel-RMS here, 3.4% on SmolLM2 (off by default)."""
+    path = tiny_gguf("Q8_0")
+    f16 = prepare_package(path, "cpu", options=CompileOptions(kv_dtype="float16"), progress=False)
+    f32 = prepare_package(path, "cpu", progress=False)
+    assert (f16.metadata["kv_dtype"], f32.metadata["kv_dtype"]) == ("float16", "float32")
+    prompt = [5, 17, 300, 42, 9, 100, 250, 7, 3]
+    ref, ref_tokens = _greedy_logits(f32.path, prompt, 24)
+    got = _forced_logits(f16.path, prompt, ref_tokens)
+    assert 0 < _relative_rms(got, ref) < 0.03
+
+
+def test_kv_dtype_of_a_compiled_package_cannot_change(tiny_package):
+    from tvmlm import Engine, EngineConfig
+    from tvmlm.errors import ConfigError
+
+    package = tiny_package("llama")
+    with pytest.raises(ConfigError, match="kv_dtype='float16'.*compiled with a float32 KV cache"):
+        Engine(package.path, device="cpu", engine_config=EngineConfig(kv_dtype="float16"))

@@ -70,6 +70,8 @@ class CompileOptions:
     # Group-quantize float weights ("q4_1" / "q8_0") or dequantize packed ones ("none"); None:
     # keep what the source stores. Resolved into weight_formats by prepare_package.
     quantization: str | None = None
+    # KV cache dtype (float32/float16/bfloat16); None: the activations' dtype.
+    kv_dtype: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,7 @@ class CompileOptions:
             "weight_formats": dict(self.weight_formats),
             "int8_activations": self.int8_activations,
             "quantization": self.quantization,
+            "kv_dtype": self.kv_dtype,
         }
 
 

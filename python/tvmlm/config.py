@@ -81,7 +81,9 @@ class EngineConfig:
     num_threads: CPU compute threads (>= 1); default: physical cores we may run on.
     prefix_cache: reuse the KV of shared token prefixes (system prompts, earlier chat turns) by
         forking it from cached or running sequences; default True.
-    kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's.
+    kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's. "float16" for
+        a float32 model halves the KV memory and the bytes batched decode reads (llama.cpp's
+        default); attention still computes in float32. Applied when the model is compiled.
     quantization: weights kept group-quantized (32-element blocks, float16 scales, llama.cpp's
         layouts): "q4_1" (linears 4-bit, embeddings q8_0) or "q8_0"; "none" keeps float weights.
         Default: a GGUF's Q4_0/Q4_1/Q8_0 blocks stay as they are, float weights stay float.

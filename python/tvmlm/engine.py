@@ -124,7 +124,8 @@ class _TextStream:
 
 
 def _resolve_package(
-    model: str | os.PathLike, device: Device, model_lib: str | None, quantization: str | None = None
+    model: str | os.PathLike, device: Device, model_lib: str | None, quantization: str | None = None,
+    kv_dtype: str | None = None,
 ) -> tuple[Path, dict, bool]:
     """Return (package dir, metadata, compiled?) for `model`, compiling when needed."""
     path = Path(model).expanduser()
@@ -147,6 +148,7 @@ def _resolve_package(
                 "with its own lib.so; pass one or the other"
             )
         meta = json.loads((path / "metadata.json").read_text())
+        _check_kv_dtype(kv_dtype, meta, f"the compiled package {str(path)!r}")
         from .compile import check_target
 
         check_target(meta, device.kind, f"model library {str(path / 'lib.so')!r}")
@@ -157,10 +159,12 @@ def _resolve_package(
     try:
         if model_lib is not None:
             pkg = compiler.package_with_library(path, model_lib, device.kind)
+            _check_kv_dtype(kv_dtype, pkg.metadata, f"model_lib={model_lib!r}")
         else:
             # The cache key does not yet tell CUDA architectures apart (needs a compute-capability
             # query in _core); the library is compiled for the GPU the compiling process sees.
-            pkg = compiler.prepare_package(path, device.kind, options=compiler.CompileOptions(quantization=quantization))
+            options = compiler.CompileOptions(quantization=quantization, kv_dtype=kv_dtype)
+            pkg = compiler.prepare_package(path, device.kind, options=options)
     except (FileNotFoundError, NotImplementedError) as exc:
         raise ModelError(str(exc)) from exc
     except ValueError as exc:
@@ -168,6 +172,16 @@ def _resolve_package(
             raise
         raise ModelError(str(exc)) from exc
     return pkg.path, pkg.metadata, pkg.compiled
+
+
+def _check_kv_dtype(kv_dtype: str | None, meta: dict, library: str) -> None:
+    """The KV cache dtype is compiled into the library: a different one cannot be chosen later."""
+    compiled = meta.get("kv_dtype", meta.get("dtype", "float32"))
+    if kv_dtype is not None and kv_dtype != compiled:
+        raise ConfigError(
+            f"kv_dtype={kv_dtype!r}, but {library} was compiled with a {compiled} KV cache; "
+            f"leave kv_dtype=None or {compiled!r}, or compile from the model's weights"
+        )
 
 
 def _sampling_defaults(package_dir: Path) -> dict[str, Any]:
@@ -212,7 +226,8 @@ class Engine:
         self.device = resolve_device(device)
         # 2-3. resolve the model and compile (cached) when no library is given.
         quantization = engine_config.quantization if engine_config is not None else None
-        self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib, quantization)
+        kv_dtype = engine_config.kv_dtype if engine_config is not None else None
+        self.package_dir, self.metadata, compiled = _resolve_package(model, self.device, model_lib, quantization, kv_dtype)
         self.model_name = Path(model).name
         # 4. tokenizer and chat template; the model's own sampling defaults (generation_config.json)
         # apply to fields a request leaves unset, as in transformers and vLLM.

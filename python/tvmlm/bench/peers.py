@@ -32,6 +32,7 @@ def _peak_rss_mb() -> float:
 
 class TvmlmPeer:
     name = "tvmlm"
+    kv_dtype: str | None = None  # the model's
 
     def __init__(self, model: str, threads: int, max_concurrency: int, max_len: int):
         from tvmlm import Engine, EngineConfig
@@ -43,6 +44,7 @@ class TvmlmPeer:
             max_total_sequence_length=max_len * max(1, max_concurrency),
             prefill_chunk_size=min(2048, max_len),
             num_threads=threads,
+            kv_dtype=self.kv_dtype,
         )
         t0 = time.perf_counter()
         Engine(model, device="cpu", engine_config=config).terminate()
@@ -192,7 +194,14 @@ class LlamaCppPeer:
         pass
 
 
-PEERS = {p.name: p for p in (TvmlmPeer, TransformersPeer, LlamaCppPeer)}
+class TvmlmKv16Peer(TvmlmPeer):
+    """tvmlm with a float16 KV cache (llama.cpp's default; not tvmlm's default for float32 models)."""
+
+    name = "tvmlm-kv16"
+    kv_dtype = "float16"
+
+
+PEERS = {p.name: p for p in (TvmlmPeer, TvmlmKv16Peer, TransformersPeer, LlamaCppPeer)}
 
 
 def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, concurrency: list[int], threads: int) -> dict[str, Any]:

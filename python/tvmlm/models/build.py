@@ -57,6 +57,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
 
     cfg = LlamaConfig.from_hf(hf_config)
     cfg.dtype = options.dtype
+    cfg.kv_dtype = options.kv_dtype or options.dtype
     cfg.max_batch_size = options.max_batch_size
     if options.prefill_chunk_size:
         cfg.prefill_chunk_size = options.prefill_chunk_size
@@ -77,7 +78,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
 
         # TVM's CPU rope kernel is serial and evaluates cos/sin per element of every head
         mod = replace_fused_rope(mod, theta=cfg.rope_theta, head_dim=cfg.head_dim, num_q_heads=cfg.num_attention_heads,
-                                 num_kv_heads=cfg.num_key_value_heads, dtype=cfg.dtype, rope_scaling=cfg.rope_scaling)
+                                 num_kv_heads=cfg.num_key_value_heads, dtype=cfg.kv_dtype, rope_scaling=cfg.rope_scaling)
     params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
     metadata = {
         "architecture": cfg.model_type,
@@ -91,7 +92,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         "num_key_value_heads": cfg.num_key_value_heads,
         "head_dim": cfg.head_dim,
         "dtype": cfg.dtype,
-        "kv_dtype": cfg.dtype,
+        "kv_dtype": cfg.kv_dtype,
         "prefill_chunk_size": cfg.prefill_chunk_size,
         "max_batch_size": cfg.max_batch_size,
         "target": str(tvm_target.kind.name),

@@ -35,6 +35,7 @@ class Attention(nn.Module):
         self.qkv_proj = _linear(cfg, cfg.hidden_size, qkv_rows, cfg.linear_format, bias=cfg.attention_bias)
         self.o_proj = _linear(cfg, self.num_heads * self.head_dim, cfg.hidden_size, cfg.linear_format)
         self.qk_norm = cfg.qk_norm
+        self.kv_dtype = cfg.kv_dtype
         if cfg.qk_norm:
             self.q_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False)
             self.k_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False)
@@ -47,7 +48,10 @@ class Attention(nn.Module):
             q, k, v = op.split(qkv, [h, h + kvh], axis=2)
             qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
         # Rope is applied inside the KV cache (RopeMode.NORMAL), on q and k, before caching k.
-        out = kv_cache.attention_with_fused_qkv(layer_id, qkv, h, sm_scale=d**-0.5)
+        if self.kv_dtype != qkv.dtype:  # e.g. a float16 cache for a float32 model: half the KV bytes
+            out = kv_cache.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype), h, sm_scale=d**-0.5).astype(qkv.dtype)
+        else:
+            out = kv_cache.attention_with_fused_qkv(layer_id, qkv, h, sm_scale=d**-0.5)
         return self.o_proj(op.reshape(out, (b, s, h * d)))
 
 
@@ -162,7 +166,7 @@ class LlamaForCausalLM(nn.Module):
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=cfg.head_dim,
             enable_disaggregation=False,
-            dtype=cfg.dtype,
+            dtype=cfg.kv_dtype,
             target=_current_target(),
         )
 

@@ -35,6 +35,7 @@ class LlamaConfig:
     prefill_chunk_size: int = 2048
     max_batch_size: int = 128
     dtype: str = "float32"
+    kv_dtype: str = "float32"  # the paged KV cache's; attention runs in float32 inside the kernels
     # Weight storage (models/quant.py): "f32" (= dtype) or a packed format kept in memory.
     linear_format: str = "f32"
     embed_format: str = "f32"
