@@ -34,6 +34,8 @@ import tvm
 from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
 from tvm.script import tirx as T
 
+from .fast_math import fast_exp2
+
 _KEY_TILE = 32
 _SCORE_TILE = 16  # keys per ragged-prefill score tile: one float32x16 vector of scores
 _QUERY_VECTORS = 24  # ragged prefill: query vectors (rows x grouped heads) per task share each key tile
@@ -44,19 +46,6 @@ _NEG = -5e4
 # name hints of the GlobalVars TIRPagedKVCache (llvm target) registers
 _RAGGED = "tir_attention_prefill_ragged_cpu"
 _PAGED = "tir_attention_prefill_cpu"
-
-
-def _fast_exp2(x):
-    """2**x for float32 x <= 0 (result >= ~2**-126), vectorizable: Cephes exp2f polynomial, rel. error ~2e-7."""
-    x = T.max(x, T.float32(-126.0))
-    n = T.floor(x + T.float32(0.5))
-    f = x - n
-    p = T.float32(1.535336188319500e-4)
-    for c in (1.339887440266574e-3, 9.618437357674640e-3, 5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1):
-        p = p * f + T.float32(c)
-    p = p * f + T.float32(1.0)
-    scale = T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
-    return p * scale
 
 
 def _tree(v, width: int, combine):
@@ -119,10 +108,10 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
                     for c in range(NQ)]), VQ, lambda a, c: a + c), T.float32(-1e30))
         for g in T.serial(G):
             tmax: T.let[T.float32] = T.max(m[g], _tree(s.vload([g, 0], f"float32x{TK}"), TK, T.max))
-            alpha[g] = _fast_exp2(m[g] - tmax)
+            alpha[g] = fast_exp2(m[g] - tmax)
             m[g] = tmax
             for j in T.vectorized(TK):
-                s[g, j] = T.if_then_else(j < nk, _fast_exp2(s[g, j] - tmax), T.float32(0))
+                s[g, j] = T.if_then_else(j < nk, fast_exp2(s[g, j] - tmax), T.float32(0))
             l[g] = l[g] * alpha[g] + _tree(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
             for c in T.unroll(NQ):
                 acc[g, T.ramp(c * VQ, 1, VQ)] = _tree_sum(
@@ -257,10 +246,10 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                                 T.broadcast(T.float32(-1e30), TK))
                                             # online softmax (log2 space)
                                             tmax: T.let[T.float32] = T.max(m[i], _tree(s.vload([i, 0], f"float32x{TK}"), TK, T.max))
-                                            alpha: T.let[T.float32] = _fast_exp2(m[i] - tmax)
+                                            alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
                                             m[i] = tmax
                                             for j in T.vectorized(TK):
-                                                s[i, j] = T.if_then_else(j < row_end, _fast_exp2(s[i, j] - tmax), T.float32(0))
+                                                s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - tmax), T.float32(0))
                                             l[i] = l[i] * alpha + _tree(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
                                             # p @ v (keys past the end have p = 0; their index is clamped)
                                             for c in T.unroll(d_v // VD):

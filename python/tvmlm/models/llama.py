@@ -16,6 +16,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
+from . import fast_math
 from .llama_config import LlamaConfig
 from .quant import QuantEmbedding, QuantLinear
 
@@ -62,8 +63,22 @@ class MLP(nn.Module):
         self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        return self.down_proj(_silu_mul(self.gate_up_proj(x), self.intermediate_size))
+
+
+def _silu_mul(gate_up: Tensor, inter: int) -> Tensor:
+    """silu(gate) * up from the fused [..., gate | up] projection, in float32 with a sigmoid that
+    vectorizes (models/fast_math.py; op.silu lowers to one expf call per lane on CPU)."""
+
+    def compute(x: te.Tensor):
+        def element(*i):
+            gate = x[(*i[:-1], i[-1])].astype("float32")
+            up = x[(*i[:-1], i[-1] + inter)].astype("float32")
+            return (fast_math.silu(gate) * up).astype(x.dtype)
+
+        return te.compute((*x.shape[:-1], inter), element, name="silu_mul")
+
+    return op.tensor_expr_op(compute, name_hint="silu_mul", args=[gate_up])
 
 
 class DecoderLayer(nn.Module):
