@@ -34,7 +34,7 @@ import tvm
 from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
 from tvm.script import tirx as T
 
-from .fast_math import fast_exp2
+from .fast_math import fast_exp2, reduce_lanes
 
 _KEY_TILE = 32
 _SCORE_TILE = 16  # keys per ragged-prefill score tile: one float32x16 vector of scores
@@ -46,15 +46,6 @@ _NEG = -5e4
 # name hints of the GlobalVars TIRPagedKVCache (llvm target) registers
 _RAGGED = "tir_attention_prefill_ragged_cpu"
 _PAGED = "tir_attention_prefill_cpu"
-
-
-def _tree(v, width: int, combine):
-    """Reduce the `width` lanes of vector `v` to a scalar with `combine`: a shuffle tree."""
-    width //= 2
-    while width >= 1:
-        v = combine(T.Shuffle([v], list(range(width))), T.Shuffle([v], list(range(width, 2 * width))))
-        width //= 2
-    return v
 
 
 def _tree_sum(terms: list, chains: int = 4):
@@ -102,17 +93,17 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
             slot_page[j] = page_values[pg0 + off // page_size]
             slot_off[j] = off % page_size
             for g in T.unroll(G):
-                s[g, j] = T.if_then_else(j < nk, _tree(_tree_sum([
+                s[g, j] = T.if_then_else(j < nk, reduce_lanes(_tree_sum([
                     qf.vload([g, c * VQ], f"float32x{VQ}")
                     * T.Cast(f"float32x{VQ}", pages.vload([slot_page[j], 0, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}"))
                     for c in range(NQ)]), VQ, lambda a, c: a + c), T.float32(-1e30))
         for g in T.serial(G):
-            tmax: T.let[T.float32] = T.max(m[g], _tree(s.vload([g, 0], f"float32x{TK}"), TK, T.max))
+            tmax: T.let[T.float32] = T.max(m[g], reduce_lanes(s.vload([g, 0], f"float32x{TK}"), TK, T.max))
             alpha[g] = fast_exp2(m[g] - tmax)
             m[g] = tmax
             for j in T.vectorized(TK):
                 s[g, j] = T.if_then_else(j < nk, fast_exp2(s[g, j] - tmax), T.float32(0))
-            l[g] = l[g] * alpha[g] + _tree(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+            l[g] = l[g] * alpha[g] + reduce_lanes(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
             for c in T.unroll(NQ):
                 acc[g, T.ramp(c * VQ, 1, VQ)] = _tree_sum(
                     [acc.vload([g, c * VQ], f"float32x{VQ}") * T.broadcast(alpha[g], VQ)]
@@ -245,12 +236,12 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                                            for dd in range(d_qk)]),
                                                 T.broadcast(T.float32(-1e30), TK))
                                             # online softmax (log2 space)
-                                            tmax: T.let[T.float32] = T.max(m[i], _tree(s.vload([i, 0], f"float32x{TK}"), TK, T.max))
+                                            tmax: T.let[T.float32] = T.max(m[i], reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max))
                                             alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
                                             m[i] = tmax
                                             for j in T.vectorized(TK):
                                                 s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - tmax), T.float32(0))
-                                            l[i] = l[i] * alpha + _tree(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+                                            l[i] = l[i] * alpha + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
                                             # p @ v (keys past the end have p = 0; their index is clamped)
                                             for c in T.unroll(d_v // VD):
                                                 acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(

@@ -35,6 +35,7 @@ import tvm
 from tvm.script import tirx as T
 
 from .quant import BLOCK, ROW_GROUP
+from .fast_math import reduce_lanes
 
 TOKEN_UNROLL = 4  # activation rows sharing each unpacked weight vector (prefill, batches)
 GROUP_UNROLL = 2  # row groups per prefill tile: 4 x 2 int32 + 4 x 2 float32 accumulators
@@ -55,15 +56,6 @@ def supported(target: tvm.target.Target) -> bool:
         return all(target_has_features(f, target) for f in ("avx512bw", "avx512vnni", "avx512f"))
     except Exception:  # noqa: BLE001 - an LLVM that cannot answer: take the portable path
         return False
-
-
-def _tree(v, width: int, combine):
-    """Reduce the `width` lanes of vector `v` to a scalar with `combine`: a shuffle tree."""
-    width //= 2
-    while width >= 1:
-        v = combine(T.Shuffle([v], list(range(width))), T.Shuffle([v], list(range(width, 2 * width))))
-        width //= 2
-    return v
 
 
 def _dot(acc, weights, x_word):
@@ -139,12 +131,12 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
         """Row m of x -> int8 (4 per int32 word of xq), its block scales xd and corrections xc."""
         for b in T.serial(NB):
             v: T.let[T.float32x32] = x.vload([m // bb, m % bb, b * BLOCK], "float32x32")
-            amax: T.let[T.float32] = _tree(T.fabs(v), BLOCK, T.max)
+            amax: T.let[T.float32] = reduce_lanes(T.fabs(v), BLOCK, T.max)
             inv: T.let[T.float32] = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
             qv: T.let[T.int8x32] = T.Cast("int8x32", T.round(v * T.broadcast(inv, BLOCK)))
             xq[m, T.ramp(b * 8, 1, 8)] = T.reinterpret("int32x8", qv)
             xd[m, b] = amax / T.float32(127)
-            qsum: T.let[T.int32] = _tree(T.Cast("int32x32", qv), BLOCK, lambda lo, hi: lo + hi)
+            qsum: T.let[T.int32] = reduce_lanes(T.Cast("int32x32", qv), BLOCK, lambda lo, hi: lo + hi)
             if q4:
                 # the min term takes the sum of the *rounded* x: the whole result is then the exact
                 # dot of the dequantized weights (scale * q + min, centred) with the rounded x. The

@@ -1,5 +1,6 @@
-"""Vectorizable float32 exp2 and SiLU for kernels: LLVM lowers the vector forms of exp and sigmoid
-to one libm call per lane, which made SiLU * up most of its kernel's time on CPU."""
+"""Vectorizable math for kernels: float32 exp2 and SiLU (LLVM lowers the vector forms of exp and
+sigmoid to one libm call per lane, which made SiLU * up most of its kernel's time on CPU), and a
+shuffle-tree reduction of a vector's lanes."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def silu(x):
     """x * sigmoid(x) for float32 x, with fast_exp2; exp(-x) is clamped to 2**126, so for x below
     about -88 the result is x * 2**-126 (|x| * 1e-38) instead of ~0."""
     return x / (T.float32(1.0) + fast_exp2(T.min(x * T.float32(-_LOG2E), T.float32(126.0))))
+
+
+def reduce_lanes(v, width: int, combine):
+    """Reduce the `width` lanes of vector `v` to a scalar with `combine` (a shuffle tree)."""
+    width //= 2
+    while width >= 1:
+        v = combine(T.Shuffle([v], list(range(width))), T.Shuffle([v], list(range(width, 2 * width))))
+        width //= 2
+    return v
