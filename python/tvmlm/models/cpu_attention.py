@@ -235,17 +235,22 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                                 _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, dd, kv0 + k_start], f"float32x{TK}")
                                                            for dd in range(d_qk)]),
                                                 T.broadcast(T.float32(-1e30), TK))
-                                            # online softmax (log2 space)
-                                            tmax: T.let[T.float32] = T.max(m[i], reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max))
-                                            alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
-                                            m[i] = tmax
+                                            # online softmax (log2 space); the running sums are rescaled only when
+                                            # the running max grows (rare after the first tiles)
+                                            tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
+                                            if tmax > m[i]:
+                                                alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
+                                                m[i] = tmax
+                                                l[i] = l[i] * alpha
+                                                for dd in T.vectorized(d_v):
+                                                    acc[i, dd] = acc[i, dd] * alpha
                                             for j in T.vectorized(TK):
-                                                s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - tmax), T.float32(0))
-                                            l[i] = l[i] * alpha + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+                                                s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - m[i]), T.float32(0))
+                                            l[i] = l[i] + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
                                             # p @ v (keys past the end have p = 0; their index is clamped)
                                             for c in T.unroll(d_v // VD):
                                                 acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(
-                                                    [acc.vload([i, c * VD], f"float32x{VD}") * T.broadcast(alpha, VD)]
+                                                    [acc.vload([i, c * VD], f"float32x{VD}")]
                                                     + [T.broadcast(s[i, j], VD) * T.Cast(f"float32x{VD}", v.vload(
                                                         [kv0 + T.min(k_start + j, n_kv - 1), hk, c * VD], f"{dtype}x{VD}"))
                                                        for j in range(TK)])
