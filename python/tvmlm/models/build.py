@@ -39,15 +39,13 @@ class BuiltModule:
     mod: Any  # tvm.IRModule
     target: Any  # tvm.target.Target
     metadata: dict[str, Any]
-    int8_activations: bool = True
 
     def compile(self):
         import tvm
 
         from .pipeline import relax_pipeline
 
-        pipeline = relax_pipeline(self.target, int8_activations=self.int8_activations)
-        return tvm.compile(self.mod, target=self.target, relax_pipeline=pipeline)
+        return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
 
 
 def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
@@ -69,6 +67,8 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     from . import cpu_int8_matmul
 
     # The int8 kernels read packed weights in the row-interleaved layout; other paths, the plain one.
+    # This is the one place that chooses int8 activations: the pipeline swaps in the int8 kernel for
+    # exactly the interleaved weights.
     cfg.interleave_rows = bool(options.int8_activations and cpu_int8_matmul.supported(tvm_target))
     model = LlamaForCausalLM(cfg)
     with tvm_target:
@@ -100,10 +100,9 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         "tvmlm_version": __version__,
         "params": params,
         "weight_formats": {"linear": cfg.linear_format, "embed": cfg.embed_format, "lm_head": cfg.lm_head_format},
-        "interleave_rows": cfg.interleave_rows,
         "params_bytes": int(sum(int(np.prod(p["shape"])) * _DTYPE_BYTES[p["dtype"]] for p in params)),
     }
     bb = relax.BlockBuilder(mod)
     with bb.function("_metadata", params=[]):
         bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    return BuiltModule(bb.finalize(), tvm_target, metadata, int8_activations=options.int8_activations)
+    return BuiltModule(bb.finalize(), tvm_target, metadata)

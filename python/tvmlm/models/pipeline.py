@@ -6,9 +6,10 @@ import tvm
 from tvm import relax
 
 
-def relax_pipeline(target: tvm.target.Target, int8_activations: bool = True) -> tvm.transform.Pass:
-    """`int8_activations`: on CPUs with AVX-512 VNNI, packed-weight matmuls quantize their
-    activations to int8 (models/cpu_int8_matmul.py); otherwise they dequantize to float32."""
+def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """On CPUs with AVX-512 VNNI, packed-weight matmuls stored row-interleaved (build_module chose
+    int8 activations for them) become int8 kernels (models/cpu_int8_matmul.py); the others
+    dequantize to float32."""
     if target.kind.name == "llvm":
         from tvm.relax.backend.cpu_generic import pipeline as tvm_pipeline
 
@@ -17,7 +18,7 @@ def relax_pipeline(target: tvm.target.Target, int8_activations: bool = True) -> 
         from .cpu_schedule import schedule_cpu_kernels
 
         prologue = [replace_cpu_attention_kernels()]
-        if int8_activations and cpu_int8_matmul.supported(target):
+        if cpu_int8_matmul.supported(target):
             prologue.append(cpu_int8_matmul.replace_packed_matmuls())
         schedule = [schedule_cpu_kernels(target)]
     elif target.kind.name == "cuda":
