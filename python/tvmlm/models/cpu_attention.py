@@ -7,15 +7,16 @@ including causally masked ones, branch on ``rotary_mode`` in the innermost loop 
 ``vm.builtin.paged_attention_kv_cache_create`` arguments still point at them) for kernels with the same
 signature and semantics that
 
-* run in parallel over (sequence row pair, kv head): each iteration owns its local buffers;
-* visit only the keys the causal mask allows (``col < kv_len - qo_len + row + 1``), in tiles of ``_KEY_TILE``;
+* run in parallel over (block of query rows, kv head): each iteration owns its local buffers;
+* visit only the keys the causal mask allows (``col < kv_len - qo_len + row + 1``), in tiles of
+  ``_SCORE_TILE`` keys (ragged prefill) or of one page (paged kernels);
 * keep the ``group_size`` query heads sharing a kv head together, so each key/value row is loaded once per group;
 * use an online softmax in float32 (scores in log2 space, pre-scaled by ``sm_scale * log2(e)``), and write
   ``lse = max + log2(sum)`` exactly as the originals do (the cache merges attention states with it);
 * have explicitly vectorized inner loops over head_dim.
 
-Causal rows are balanced across threads by pairing row ``i`` with row ``qo_len - 1 - i`` in one iteration (TVM's
-parallel loops are statically chunked).
+Causal rows are balanced across threads by pairing block ``i`` with block ``n_blocks - 1 - i`` in one iteration
+(TVM's parallel loops are statically chunked).
 
 rope: tvmlm uses ``RopeMode.NORMAL`` (rope applied to q and k before the attention call, ``rotary_mode == 0``).
 The kernels assert ``rotary_mode == 0`` at run time; the pass leaves the originals in place when the module's KV
@@ -36,7 +37,6 @@ from tvm.script import tirx as T
 
 from .fast_math import fast_exp2, reduce_lanes
 
-_KEY_TILE = 32
 _SCORE_TILE = 16  # keys per ragged-prefill score tile: one float32x16 vector of scores
 _QUERY_VECTORS = 24  # ragged prefill: query vectors (rows x grouped heads) per task share each key tile
 _MAX_QUERY_ROWS = 8
@@ -118,6 +118,12 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
             for dd in T.serial(D):
                 output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
             lse[row, hk * G + g] = T.float32(_NEG)
+
+
+def _visible_end(causal, n_kv, n_q, row):
+    """Keys [0, end) that query row `row` may see, of a sequence with n_q new tokens among n_kv
+    (causal: the row's own position and before)."""
+    return T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + row + 1), n_kv)
 
 
 def _vec_len(d: int) -> int:
@@ -215,8 +221,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                 if t == 0 or blk != pb:
                                     r0: T.let[T.int32] = blk * R
                                     rows: T.let[T.int32] = T.min(R, n_q - r0)
-                                    # keys visible to the block's last row (causal: row r sees n_kv - n_q + r + 1)
-                                    kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + r0 + rows), n_kv)
+                                    kend: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + rows - 1)  # the block's last row
                                     for i, dd in T.grid(RG, d_qk):
                                         qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * sm_scale * scale_log2e
                                     for i in T.serial(RG):
@@ -228,8 +233,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                         k_start: T.let[T.int32] = tile * TK
                                         for i in T.serial(RG):
                                             # scores of query vector i against the tile, masked past its last key
-                                            row_end: T.let[T.int32] = T.if_then_else(
-                                                causal > 0, T.min(n_kv, n_kv - n_q + r0 + i // G + 1), n_kv) - k_start
+                                            row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
                                             s[i, T.ramp(0, 1, TK)] = T.Select(
                                                 T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
                                                 _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, dd, kv0 + k_start], f"float32x{TK}")
@@ -256,8 +260,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                                        for j in range(TK)])
                                     for i in T.serial(RG):
                                         if i // G < rows:
-                                            row_kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv, n_kv - n_q + r0 + i // G + 1), n_kv)
-                                            if row_kend > 0:
+                                            if _visible_end(causal, n_kv, n_q, r0 + i // G) > 0:
                                                 for dd in T.vectorized(d_v):
                                                     output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, acc[i, dd] / l[i])
                                                 lse[q0 + r0 + i // G, hk * G + i % G] = m[i] + T.log2(l[i])
@@ -415,7 +418,7 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
                 kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, False), 0)
                 qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 row: T.let[T.int32] = tok - q_indptr[b]
-                kend: T.let[T.int32] = T.if_then_else(causal > 0, T.min(kv_len, kv_len - qo_len + row + 1), kv_len)
+                kend: T.let[T.int32] = _visible_end(causal, kv_len, qo_len, row)
                 _attend_pages(q, output, lse, tok, b, hk, kend, pages, page_values, pg0, length_info, False,
                               sm_scale, G, TK, D, VQ, NQ, page_size, dtype)
 
