@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import QUANTIZATIONS
 from .llama_config import LlamaConfig
 
 
@@ -38,8 +39,8 @@ def plan_weight_formats(cfg: LlamaConfig, packed_formats: dict[str, str], dtype:
 def quantization_formats(cfg: LlamaConfig, quantization: str, dtype: str = "float32") -> dict[str, str]:
     """Weight formats for EngineConfig.quantization: "q4_1" packs the linears in 4 bits and the
     embeddings (and a tied lm_head) in q8_0, as llama.cpp's Q4 files do; "q8_0" packs all in 8 bits."""
-    if quantization not in ("none", "q4_1", "q8_0"):
-        raise ValueError(f"quantization={quantization!r}; expected one of none, q4_1, q8_0")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}; expected one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
         return {"linear": "f32", "embed": "f32", "lm_head": "f32"}
     if dtype != "float32":

@@ -34,8 +34,8 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .quant import BLOCK, ROW_GROUP
 from .fast_math import reduce_lanes
+from .quant import BLOCK, ROW_GROUP
 
 TOKEN_UNROLL = 4  # activation rows sharing each unpacked weight vector (prefill, batches)
 GROUP_UNROLL = 2  # row groups per prefill tile: 4 x 2 int32 + 4 x 2 float32 accumulators
@@ -152,7 +152,7 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
             T.writes()
             xq = T.sblock_alloc_buffer((a * bb, K // 4), "int32")
             xd = T.sblock_alloc_buffer((a * bb, NB), "float32")
-            xc = T.sblock_alloc_buffer((a * bb, NB), "float32")  # q4_1: block sum of x; q8_0: 128 * sum(xq)
+            xc = T.sblock_alloc_buffer((a * bb, NB), "float32")  # q4_1: block sum of rounded x; q8_0: 128 * sum(xq)
             if a * bb < MU:  # decode: every tile against one (or a few) activation rows
                 for m in T.serial(a * bb):
                     quantize_row(m, x, xq, xd, xc, bb)

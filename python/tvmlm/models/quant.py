@@ -20,7 +20,7 @@ row block (q4_1: 4, q8_0: 8):
     q      [G, K/32, W * 64]   byte c of word s of row r of block b at [g, b, s * 64 + r * 4 + c]
     scale  [G, K/32, 16]       (min likewise)
 
-`PackedWeight.interleave_rows` converts; weights whose row count is not a multiple of 16 keep the
+`PackedWeight.interleaved_rows` converts; weights whose row count is not a multiple of 16 keep the
 plain layout.
 """
 
