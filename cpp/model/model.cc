@@ -3,6 +3,7 @@
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/dtype.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -111,6 +112,7 @@ Model::Model(const std::string& package_dir, DLDevice device, int64_t num_thread
   batch_prefill_ = RequireFunction("batch_prefill");
   batch_decode_ = RequireFunction("batch_decode");
   create_kv_cache_ = RequireFunction("create_paged_kv_cache");
+  decode_ = vm_.value()->GetFunction("decode");
 
   LoadParams(params_path);
 }
@@ -199,14 +201,21 @@ void Model::ClearKVCache() {
   if (kv_cache_ != nullptr) Global("vm.builtin.kv_state_clear")(kv_cache_);
 }
 
-ffi::Tensor Model::Int32ToDevice(const std::vector<int32_t>& values) const {
-  ffi::Tensor t = Global("runtime.TVMTensorAllocWithScope")(
-                      ffi::Shape({static_cast<int64_t>(values.size())}),
-                      DLDataType{kDLInt, 32, 1}, device_, ffi::Optional<ffi::String>())
-                      .cast<ffi::Tensor>();
-  Global("runtime.TVMTensorCopyFromBytes")(t, static_cast<void*>(const_cast<int32_t*>(values.data())),
-                                           static_cast<int64_t>(values.size() * sizeof(int32_t)));
-  return t;
+ffi::Tensor Model::Int32ToDevice(const std::vector<int32_t>& values, size_t slot) {
+  const auto n = static_cast<int64_t>(values.size());
+  if (int32_buffers_.size() <= slot) int32_buffers_.resize(slot + 1);
+  ffi::Tensor& buffer = int32_buffers_[slot];
+  if (!buffer.defined() || buffer.size(0) < n) {
+    const int64_t capacity = std::max<int64_t>(n, buffer.defined() ? 2 * buffer.size(0) : 64);
+    buffer = Global("runtime.TVMTensorAllocWithScope")(ffi::Shape({capacity}), DLDataType{kDLInt, 32, 1},
+                                                       device_, ffi::Optional<ffi::String>())
+                 .cast<ffi::Tensor>();
+  }
+  ffi::Tensor view = Reshape(buffer, {n});
+  // A synchronous copy: kernels of the previous step that read this buffer have finished.
+  Global("runtime.TVMTensorCopyFromBytes")(view, static_cast<void*>(const_cast<int32_t*>(values.data())),
+                                           static_cast<int64_t>(n * sizeof(int32_t)));
+  return view;
 }
 
 ffi::Tensor Model::Reshape(const ffi::Tensor& t, std::vector<int64_t> shape) const {
@@ -226,7 +235,7 @@ ffi::Tensor Model::Embed(const std::vector<int32_t>& token_ids) {
   // TVM's CPU thread pool runs the kernels only on a CPU device; on a GPU, configuring it is
   // useless (and crashed inside TVM's ThreadGroup on the GPU check machine).
   if (device_.device_type == kDLCPU) ConfigureThreadPoolForThisThread(num_threads_);
-  return embed_(Int32ToDevice(token_ids), params_).cast<ffi::Tensor>();
+  return embed_(Int32ToDevice(token_ids, 0), params_).cast<ffi::Tensor>();
 }
 
 void Model::CheckBatch(const std::vector<int64_t>& seq_ids, size_t num_inputs) const {
@@ -278,7 +287,7 @@ Logits Model::BatchPrefill(const std::vector<int64_t>& seq_ids,
                                 std::to_string(kv_prefill_chunk_));
   }
   ffi::Tensor embeds = Reshape(Embed(flat), {1, n, metadata_.hidden_size});
-  return Forward(batch_prefill_, seq_ids, lengths, {embeds, Int32ToDevice(last_positions)});
+  return Forward(batch_prefill_, seq_ids, lengths, {embeds, Int32ToDevice(last_positions, 1)});
 }
 
 Logits Model::BatchDecode(const std::vector<int64_t>& seq_ids,
@@ -286,7 +295,8 @@ Logits Model::BatchDecode(const std::vector<int64_t>& seq_ids,
   CheckBatch(seq_ids, token_ids.size());
   const auto b = static_cast<int64_t>(seq_ids.size());
   ffi::Tensor embeds = Reshape(Embed(token_ids), {b, 1, metadata_.hidden_size});
-  return Forward(batch_decode_, seq_ids, std::vector<int64_t>(b, 1), {embeds});
+  const ffi::Function& fn = (b == 1 && decode_.has_value()) ? *decode_ : batch_decode_;
+  return Forward(fn, seq_ids, std::vector<int64_t>(b, 1), {embeds});
 }
 
 Logits Model::ToHostLogits(const ffi::Tensor& logits) const {

@@ -74,7 +74,11 @@ class Model {
   void LoadParams(const std::string& path);
   void CheckKVCache() const;
   void CheckBatch(const std::vector<int64_t>& seq_ids, size_t num_inputs) const;
-  tvm::ffi::Tensor Int32ToDevice(const std::vector<int32_t>& values) const;
+  /*!
+   * \brief `values` copied into device buffer `slot` (grown on demand, reused across steps: a
+   * fresh device allocation per step costs a cudaMalloc/cudaFree pair, and cudaFree syncs).
+   */
+  tvm::ffi::Tensor Int32ToDevice(const std::vector<int32_t>& values, size_t slot);
   tvm::ffi::Tensor Reshape(const tvm::ffi::Tensor& t, std::vector<int64_t> shape) const;
   /*! \brief begin_forward -> fn(embeds, extra..., kv, params) -> end_forward; first output. */
   Logits Forward(const tvm::ffi::Function& fn, const std::vector<int64_t>& seq_ids,
@@ -95,7 +99,12 @@ class Model {
   int64_t kv_max_batch_ = 0;
   int64_t kv_total_pages_ = 0;
 
+  std::vector<tvm::ffi::Tensor> int32_buffers_;  // Int32ToDevice's reusable device buffers
+
   tvm::ffi::Function embed_, batch_prefill_, batch_decode_, create_kv_cache_;
+  // The static-shape single-sequence decode, when the library has one: on GPUs its matmuls get
+  // GEMV schedules (batch_decode's symbolic batch gets batched-GEMV ones).
+  tvm::ffi::Optional<tvm::ffi::Function> decode_;
 };
 
 }  // namespace tvmlm
