@@ -40,12 +40,18 @@ class BuiltModule:
     target: Any  # tvm.target.Target
     metadata: dict[str, Any]
 
+    def pass_config(self) -> dict[str, Any]:
+        # CUDA graphs: RewriteCUDAGraph (in TVM's finalize passes) captures the static stretches of
+        # decode / batch_decode (see _attach_cuda_graph_hints) and replays them, one launch each.
+        return {"relax.backend.use_cuda_graph": self.target.kind.name == "cuda"}
+
     def compile(self):
         import tvm
 
         from .pipeline import relax_pipeline
 
-        return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
+        with tvm.transform.PassContext(config=self.pass_config()):
+            return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
 
 
 def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
@@ -79,6 +85,8 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         # TVM's CPU rope kernel is serial and evaluates cos/sin per element of every head
         mod = replace_fused_rope(mod, theta=cfg.rope_theta, head_dim=cfg.head_dim, num_q_heads=cfg.num_attention_heads,
                                  num_kv_heads=cfg.num_key_value_heads, dtype=cfg.kv_dtype, rope_scaling=cfg.rope_scaling)
+    if tvm_target.kind.name == "cuda":
+        mod = _attach_cuda_graph_hints(mod, cfg.max_batch_size)
     params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]
     metadata = {
         "architecture": cfg.model_type,
@@ -106,3 +114,19 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     with bb.function("_metadata", params=[]):
         bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
     return BuiltModule(bb.finalize(), tvm_target, metadata)
+
+
+def _attach_cuda_graph_hints(mod, max_batch_size: int):
+    """Let the decode functions be captured into CUDA graphs: one graph per batch size (capture
+    key `batch_size`), with every batch-sized intermediate planned at the compiled maximum so its
+    address is the same on each replay. The C++ side never passes more than max_batch_size."""
+    from tvm import relax
+
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function) or gv.name_hint not in ("decode", "batch_decode"):
+            continue
+        func = func.with_attr("tir_var_upper_bound", {"batch_size": max_batch_size})
+        if gv.name_hint == "batch_decode":
+            func = func.with_attr("relax.rewrite_cuda_graph.capture_symbolic_vars", ["batch_size"])
+        mod[gv] = func
+    return mod

@@ -29,9 +29,12 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
         schedule = [
             _opt_out_of_tensor_cores(),
+            # dlight's Matmul rule would take batch_decode's [batch_size, K] x [N, K] matmuls and tile
+            # the batch dim by 32+, leaving most SMs idle at small batches: batched GEMV instead.
+            _schedule_batch_decode_gemvs(dl.gpu.LowBatchGEMV(4)),
             dl.ApplyDefaultSchedule(
                 dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-            )
+            ),
         ]
     else:
         raise ValueError(f"no tvmlm pipeline for target kind {target.kind.name!r}; supported: llvm, cuda")
@@ -70,3 +73,31 @@ def _opt_out_of_tensor_cores() -> tvm.transform.Pass:
         return mod
 
     return _pass
+
+
+def _schedule_batch_decode_gemvs(rule) -> tvm.transform.Pass:
+    """Apply `rule` to the kernels batch_decode calls (its matmuls have the symbolic batch size),
+    before the default rules see them."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmlm_batch_decode_gemvs")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        target = tvm.target.Target.current()
+        for gv in _called_prim_funcs(mod, "batch_decode"):
+            sch = rule.apply(mod[gv], target, False)
+            if sch is not None:
+                mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        return mod
+
+    return _pass
+
+
+def _called_prim_funcs(mod: tvm.ir.IRModule, name: str) -> list:
+    """GlobalVars of the PrimFuncs that relax function `name` calls through call_tir."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found = []
+    for block in mod[name].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(call_tir) and value.args[0] not in found:
+                found.append(value.args[0])
+    return found
