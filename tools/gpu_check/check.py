@@ -28,10 +28,13 @@ sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuild
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY, F16 = "tiny-llama-f32", "smollm2-shape-f16"
+TINY, F16, BIG, BIG8 = "tiny-llama-f32", "smollm2-shape-f16", "llama-1b-shape-f16", "llama-8b-shape-f16"
+# A carried model dir named "<model>-<tag>" (e.g. smollm2-shape-f16-base: a library built by an
+# older tvmlm) is an A/B variant of <model>: same weights, another library.
 PEAK_BW = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}  # bytes/s
 STAGES = {  # name -> timeout (s) on the GPU machine; the CPU dry run gets 20x
-    "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "core_speed": 90, "engine_speed": 120, "hf_speed": 90,
+    "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "prepare_8b": 240, "core_speed": 180, "profile": 60, "engine_speed": 120,
+    "hf_speed": 90,
 }  # fmt: skip
 
 
@@ -130,6 +133,8 @@ def stage_prepare(args) -> dict:
     out["core_module"] = _core.__file__
     out["core_device_exists"] = bool(_core.device_exists(args.device, 0))
     for name in (TINY, F16):
+        if not (args.models / name).exists():
+            continue
         t0 = time.time()
         src, hf, pkg = args.models / name, args.work / f"hf-{name}", args.work / f"pkg-{name}"
         config = json.loads((src / "config.json").read_text())
@@ -159,7 +164,63 @@ def stage_prepare(args) -> dict:
             "params": int(sum(int(np.prod(p["shape"])) for p in metadata["params"])),
             "params_bytes": metadata["params_bytes"],
         }
+    if (args.models / BIG).exists():
+        t0 = time.time()
+        out[BIG] = {"params_bytes": _random_package(args, BIG), "seconds": round(time.time() - t0, 1)}
+    _link_variants(args)
     return out
+
+
+def stage_prepare_8b(args) -> dict:
+    """The 8B-shape package (16 GB of random weights), in its own stage: slow, and optional."""
+    if not (args.models / BIG8).exists():
+        return {"skipped": f"{BIG8} not carried"}
+    t0 = time.time()
+    out = {"params_bytes": _random_package(args, BIG8), "seconds": round(time.time() - t0, 1)}
+    _link_variants(args)
+    return out
+
+
+def _variant_of(name: str) -> str | None:
+    return next((m for m in (F16, BIG, BIG8) if name.startswith(m + "-")), None)
+
+
+def _link_variants(args) -> None:
+    """pkg-<model>-<tag>: the variant's library with <model>'s weights (a symlink)."""
+    for src in sorted(args.models.iterdir()):
+        model = _variant_of(src.name)
+        if model is None or not (args.work / f"pkg-{model}" / "params.safetensors").exists():
+            continue
+        pkg = args.work / f"pkg-{src.name}"
+        pkg.mkdir(parents=True, exist_ok=True)
+        for f in ("lib.so", "metadata.json"):
+            shutil.copyfile(src / f, pkg / f)
+        if not (pkg / "params.safetensors").exists():
+            os.symlink(args.work / f"pkg-{model}" / "params.safetensors", pkg / "params.safetensors")
+
+
+def _random_package(args, name: str) -> int:
+    """A package with random float16 weights (N(0, 0.02), norms 1) straight from metadata.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    src, pkg = args.models / name, args.work / f"pkg-{name}"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for f in ("lib.so", "metadata.json"):
+        shutil.copyfile(src / f, pkg / f)
+    metadata = json.loads((src / "metadata.json").read_text())
+    g = torch.Generator(device=torch_device(args)).manual_seed(0)
+    tensors = {}
+    for p in metadata["params"]:
+        dtype = getattr(torch, p["dtype"])
+        if p["name"].endswith("norm.weight"):
+            tensors[p["name"]] = torch.ones(p["shape"], dtype=dtype)
+        else:
+            t = torch.randn(p["shape"], generator=g, device=torch_device(args), dtype=torch.float32) * 0.02
+            tensors[p["name"]] = t.to(dtype).cpu()
+    save_file(tensors, str(pkg / "params.safetensors"))
+    (pkg / "config.json").write_text((src / "config.json").read_text())
+    return metadata["params_bytes"]
 
 
 def _parity(args, name: str, tol: float, exact_tokens: bool) -> dict:
@@ -231,35 +292,98 @@ def stage_parity_f16(args) -> dict:
     return _parity(args, F16, tol=0.05, exact_tokens=False)
 
 
+def speed_models(args) -> list[str]:
+    """Every prepared package but the tiny one: each model, then its variants."""
+    names = [p.name[len("pkg-"):] for p in args.work.glob("pkg-*") if (p / "params.safetensors").exists()]
+    return sorted((n for n in names if n != TINY), key=lambda n: ((_variant_of(n) or n), n))
+
+
 def stage_core_speed(args) -> dict:
-    """_core.Model decode step time for batch 1, 16, 64 (no engine, no sampling)."""
+    """_core.Model decode step time (no engine, no sampling; logits copied to the host each step)
+    per model library and batch size."""
     import numpy as np
 
     rng = np.random.default_rng(1)
-    meta = json.loads((args.models / F16 / "metadata.json").read_text())
-    m = new_core_model(args, F16, batch=64, total=64 * 512, chunk=2048)
-    out = {"params_bytes": meta["params_bytes"]}
-    for b in args.core_batches:
-        ids = list(range(b))
-        for s in ids:
-            m.add_sequence(s)
-        t0 = time.perf_counter()
-        rows = m.prefill(ids, [rand_prompt(rng, meta["vocab_size"], 32) for _ in ids])
-        prefill_s = time.perf_counter() - t0
-        toks = [int(t) for t in np.argmax(rows, axis=1)]
-        for _ in range(args.warmup):
-            toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
-        n = args.steps_speed if b == 1 else max(8, args.steps_speed // 4)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
-        step = (time.perf_counter() - t0) / n
-        out[f"b{b}"] = {"steps": n, "ms_per_step": round(step * 1e3, 3), "tok_s": round(b / step, 1),
-                        "prefill_32xb_ms": round(prefill_s * 1e3, 1),
-                        "weight_GB_s": round(meta["params_bytes"] / step / 1e9, 1)}  # fmt: skip
-        for s in ids:
-            m.remove_sequence(s)
+    out = {}
+    for name in speed_models(args):
+        meta = json.loads((args.work / f"pkg-{name}" / "metadata.json").read_text())
+        batches = args.core_batches if name.startswith(F16) else args.core_batches[:2]  # big: 1, 16
+        m = new_core_model(args, name, batch=max(batches), total=max(batches) * 512, chunk=2048)
+        res = out[name] = {"params_bytes": meta["params_bytes"]}
+        for b in batches:
+            ids = list(range(b))
+            for s in ids:
+                m.add_sequence(s)
+            t0 = time.perf_counter()
+            rows = m.prefill(ids, [rand_prompt(rng, meta["vocab_size"], 32) for _ in ids])
+            prefill_s = time.perf_counter() - t0
+            toks = [int(t) for t in np.argmax(rows, axis=1)]
+            for _ in range(args.warmup):
+                toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
+            n = args.steps_speed if b == 1 else max(8, args.steps_speed // 4)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                toks = [int(t) for t in np.argmax(m.decode(ids, toks), axis=1)]
+            step = (time.perf_counter() - t0) / n
+            res[f"b{b}"] = {"steps": n, "ms_per_step": round(step * 1e3, 3), "tok_s": round(b / step, 1),
+                            "prefill_32xb_ms": round(prefill_s * 1e3, 1),
+                            "weight_GB_s": round(meta["params_bytes"] / step / 1e9, 1)}  # fmt: skip
+            for s in ids:
+                m.remove_sequence(s)
+        del m
     return out
+
+
+def stage_profile(args) -> dict:
+    """Where a batch-1 decode step's time goes: CUDA kernel time (CUPTI, through torch.profiler,
+    which sees every kernel in the process) against the step's wall time."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if args.device != "cuda":
+        return {"skipped": "cuda only"}
+    torch.cuda.init()
+    out = {}
+    for name in speed_models(args):
+        meta = json.loads((args.work / f"pkg-{name}" / "metadata.json").read_text())
+        m = new_core_model(args, name, batch=4, total=4096, chunk=512)
+        m.add_sequence(0)
+        tok = int(np.argmax(m.prefill([0], [list(range(3, 35))])[0]))
+        for _ in range(4):
+            tok = int(np.argmax(m.decode([0], [tok])[0]))
+        steps = 16
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                tok = int(np.argmax(m.decode([0], [tok])[0]))
+            wall = (time.perf_counter() - t0) / steps
+        kernels: dict[str, list[float]] = {}
+        host: dict[str, list[float]] = {}  # CUDA API calls (cudaMemcpy, launches, ...) as CUPTI saw them
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                kernels.setdefault(e.name, []).append(e.device_time)
+            elif e.name.startswith(("cu", "cuda")):
+                host.setdefault(e.name, []).append(e.cpu_time)
+        total_us = sum(sum(v) for v in kernels.values()) / steps
+        top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:12]
+        out[name] = {
+            "wall_ms_per_step": round(wall * 1e3, 3),
+            "gpu_busy_ms_per_step": round(total_us / 1e3, 3),
+            "gpu_events_per_step": round(sum(len(v) for v in kernels.values()) / steps, 1),
+            "hbm_bound_ms": round(meta["params_bytes"] / _peak_bw(torch.cuda.get_device_name(0)) * 1e3, 4),
+            "top_kernels": [{"name": k[:90], "per_step": round(len(v) / steps, 1),
+                             "us_per_step": round(sum(v) / steps, 1)} for k, v in top],
+            "top_host_api": [{"name": k[:60], "per_step": round(len(v) / steps, 1),
+                              "us_per_step": round(sum(v) / steps, 1)}
+                             for k, v in sorted(host.items(), key=lambda kv: -sum(kv[1]))[:8]],
+        }
+        del m
+    return out
+
+
+def _peak_bw(gpu: str) -> float:
+    return next((bw for key, bw in PEAK_BW.items() if key in gpu), float("nan"))
 
 
 def stage_engine_speed(args) -> dict:
@@ -353,6 +477,23 @@ def stage_hf_speed(args) -> dict:
         wall = time.perf_counter() - t0
         n = int((res.shape[1] - ids.shape[1]) * b)
         out[f"b{b}"] = {"generated": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1)}
+    if (args.work / f"pkg-{BIG}").exists() and args.device == "cuda":  # same shapes, random weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        del model
+        cfg = AutoConfig.from_pretrained(str(args.work / f"pkg-{BIG}"))
+        with torch.device("cuda"):
+            big = AutoModelForCausalLM.from_config(cfg, dtype=torch.float16).eval()
+        ids = torch.randint(3, cfg.vocab_size, (1, 32), generator=g).cuda()
+        kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            big.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
+            sync(args)
+            t0 = time.perf_counter()
+            res = big.generate(ids, max_new_tokens=gen, min_new_tokens=gen, **kw)
+            sync(args)
+        wall = time.perf_counter() - t0
+        out[f"{BIG}-b1"] = {"generated": gen, "wall_s": round(wall, 3), "tok_s": round(gen / wall, 1)}
     return out
 
 
@@ -381,6 +522,8 @@ def drive(args) -> int:
     report: dict = {"device": args.device, "stages": {}}
     scale = 1 if args.device == "cuda" else 20
     for name, timeout in STAGES.items():
+        if name not in args.stages:
+            continue
         if time.time() - t_start > args.budget:
             report["stages"][name] = {"ok": False, "error": "skipped: time budget spent"}
             continue
@@ -423,18 +566,23 @@ def print_table(report: dict) -> None:
                   f" max|dlogit| {r['batch4_max_abs_logit_diff']:.1e}")  # fmt: skip
         else:
             print(f"{st:12s} ERROR {str(r.get('error'))[:200]}" if r else f"{st:12s} not run")
-    pbytes = get("core_speed", "params_bytes")
-    peak = next((bw for key, bw in PEAK_BW.items() if key in str(gpu)), None)
-    copy_bw = get("hf_speed", "copy_GB_s")
-    print(f"speed (smollm2-shape f16, weights {pbytes / 1e6 if pbytes else float('nan'):.0f} MB; peak HBM "
-          f"{peak / 1e12 if peak else float('nan'):.2f} TB/s, measured copy {copy_bw} GB/s)")  # fmt: skip
-    for key, r in (s.get("core_speed") or {}).items():
-        if key.startswith("b") and isinstance(r, dict):
-            frac = f"{r['weight_GB_s'] * 1e9 / peak:5.1%} of peak" if peak else ""
-            print(f"  _core.Model decode {key:4s}: {r['ms_per_step']:8.3f} ms/step {r['tok_s']:9.1f} tok/s  "
-                  f"weights read {r['weight_GB_s']:7.1f} GB/s {frac}")  # fmt: skip
-    if peak and pbytes:
-        print(f"  HBM bound batch 1: {peak / pbytes:.0f} tok/s")
+    peak = _peak_bw(str(gpu))
+    print(f"speed (peak HBM {peak / 1e12:.2f} TB/s, measured copy {get('hf_speed', 'copy_GB_s')} GB/s)")
+    for name, res in (s.get("core_speed") or {}).items():
+        if not isinstance(res, dict) or "params_bytes" not in res:
+            continue
+        print(f"  {name} (weights {res['params_bytes'] / 1e6:.0f} MB, HBM bound batch 1: "
+              f"{peak / res['params_bytes']:.0f} tok/s)")  # fmt: skip
+        for key, r in res.items():
+            if key.startswith("b") and isinstance(r, dict):
+                print(f"    _core.Model decode {key:4s}: {r['ms_per_step']:8.3f} ms/step {r['tok_s']:9.1f} tok/s  "
+                      f"weights read {r['weight_GB_s']:7.1f} GB/s {r['weight_GB_s'] * 1e9 / peak:6.1%} of peak")  # fmt: skip
+    for name, r in (s.get("profile") or {}).items():
+        if isinstance(r, dict) and "wall_ms_per_step" in r:
+            print(f"  profile {name} b1: wall {r['wall_ms_per_step']} ms/step, GPU busy {r['gpu_busy_ms_per_step']} ms "
+                  f"in {r['gpu_events_per_step']} kernels/copies (HBM bound {r['hbm_bound_ms']} ms)")  # fmt: skip
+            for k in r["top_kernels"][:6] + r.get("top_host_api", [])[:5]:
+                print(f"      {k['us_per_step']:8.1f} us/step  x{k['per_step']:<5} {k['name']}")
     for key, r in (s.get("engine_speed") or {}).items():
         if key.startswith("n") and isinstance(r, dict):
             print(f"  ThreadedEngine {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s, "
@@ -466,6 +614,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="few steps (for the CPU dry run)")
     ap.add_argument("--budget", type=float, default=270.0, help="start no stage after this many seconds")
     ap.add_argument("--stage", choices=list(STAGES))
+    ap.add_argument("--stages", nargs="*", choices=list(STAGES), default=list(STAGES), help="run only these")
     ap.add_argument("--stage-timeout", type=float, default=120.0)
     args = ap.parse_args()
     args.work, args.models, args.out = args.work.resolve(), args.models.resolve(), args.out.resolve()

@@ -65,10 +65,33 @@ def smollm2_shape_config() -> dict:
     return d
 
 
+def llama_1b_shape_config() -> dict:
+    """A Llama with Llama-3.2-1B's shapes (2.5 GB of float16 weights): big enough that batch-1
+    decode time is weight reads, not kernel launches, so it measures the HBM bandwidth fraction.
+    Random weights are written straight into the package on the device (no HF checkpoint)."""
+    d = smollm2_shape_config()
+    d.update(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+             num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0)  # fmt: skip
+    if isinstance(d.get("rope_parameters"), dict):
+        d["rope_parameters"]["rope_theta"] = 500000.0
+    return d
+
+
+def llama_8b_shape_config() -> dict:
+    """A Llama with Llama-3.1-8B's shapes (16 GB of float16 weights, untied lm_head)."""
+    d = llama_1b_shape_config()
+    d.update(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, head_dim=128,
+             tie_word_embeddings=False)  # fmt: skip
+    return d
+
+
 MODELS = {  # name -> (config maker, dtype)
     "tiny-llama-f32": (tiny_llama_config, "float32"),
     "smollm2-shape-f16": (smollm2_shape_config, "float16"),
+    "llama-1b-shape-f16": (llama_1b_shape_config, "float16"),
+    "llama-8b-shape-f16": (llama_8b_shape_config, "float16"),
 }
+DEFAULT_MODELS = ["tiny-llama-f32", "smollm2-shape-f16", "llama-1b-shape-f16"]  # the 8B is opt-in (--only)
 
 
 def package_dir(name: str) -> Path:
@@ -178,7 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "gpu_bundle")
     ap.add_argument("--llvm", type=Path, default=None, help="also compile CPU variants into this dir")
-    ap.add_argument("--only", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--only", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
     ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA bundle (only --llvm)")
     args = ap.parse_args()
 
