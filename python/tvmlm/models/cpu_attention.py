@@ -237,7 +237,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                             s[i, T.ramp(0, 1, TK)] = T.Select(
                                                 T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
                                                 _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, dd, kv0 + k_start], f"float32x{TK}")
-                                                           for dd in range(d_qk)]),
+                                                           for dd in range(d_qk)], chains=8),
                                                 T.broadcast(T.float32(-1e30), TK))
                                             # online softmax (log2 space); the running sums are rescaled only when
                                             # the running max grows (rare after the first tiles)
