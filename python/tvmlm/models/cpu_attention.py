@@ -136,7 +136,7 @@ def _vec_len(d: int) -> int:
 def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
     """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``.
 
-    Keys are first transposed per sequence (``kt[kv head, d, key]``), so the scores of one query
+    Keys are first transposed per sequence (``kt[kv head, tile, d, key]``), so the scores of one query
     vector against a tile of ``TK`` keys are ``d_qk`` vector FMAs with no horizontal sums. Each task
     takes a block of up to ``R`` query rows and one kv head, and walks the keys its last row may see.
     Scores and p @ v are single vector expressions per tile (no loop-carried memory accumulators:
@@ -189,11 +189,10 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
         with T.sblock("root"):
             T.reads()
             T.writes()
-            # keys transposed, padded by a tile so a tile's vector load never leaves the buffer
-            kt = T.sblock_alloc_buffer((h_kv, d_qk, kv_len + TK), "float32")
-            for p in T.parallel(h_kv * d_qk):
-                for j in T.serial(kv_len + TK):
-                    kt[p // d_qk, p % d_qk, j] = T.if_then_else(j < kv_len, T.Cast("float32", k[T.min(j, kv_len - 1), p // d_qk, p % d_qk]), T.float32(0))
+            # one sequence's keys, transposed tile by tile: kt[kv head, tile, d, key in tile]. A tile's
+            # d rows sit at constant offsets from one base (a row stride of kv_len left 64 row
+            # addresses for LLVM to spill); keys past the sequence's end are 0 (their scores are masked)
+            kt = T.sblock_alloc_buffer((h_kv, (kv_len + TK - 1) // TK, d_qk, TK), "float32")
             for b in T.serial(batch_size):
                 with T.sblock("seq"):
                     T.reads()
@@ -202,6 +201,11 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                     kv0: T.let[T.int32] = kv_indptr[b]
                     n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                     n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
+                    for p in T.parallel(h_kv * ((n_kv + TK - 1) // TK)):
+                        for dd, j in T.grid(d_qk, TK):
+                            key: T.let[T.int32] = (p // h_kv) * TK + j
+                            kt[p % h_kv, p // h_kv, dd, j] = T.if_then_else(
+                                key < n_kv, T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dd]), T.float32(0))
                     n_blocks: T.let[T.int32] = (n_q + R - 1) // R
                     # causal blocks get more keys the later they are: task p takes block pb and block
                     # n_blocks - 1 - pb, so the statically chunked parallel loop stays balanced
@@ -236,7 +240,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str):
                                             row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
                                             s[i, T.ramp(0, 1, TK)] = T.Select(
                                                 T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, dd, kv0 + k_start], f"float32x{TK}")
+                                                _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, tile, dd, 0], f"float32x{TK}")
                                                            for dd in range(d_qk)], chains=8),
                                                 T.broadcast(T.float32(-1e30), TK))
                                             # online softmax (log2 space); the running sums are rescaled only when
