@@ -34,6 +34,7 @@ TINY, F16, BIG, BIG8 = "tiny-llama-f32", "smollm2-shape-f16", "llama-1b-shape-f1
 PEAK_BW = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}  # bytes/s
 STAGES = {  # name -> timeout (s) on the GPU machine; the CPU dry run gets 20x
     "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "prepare_8b": 240, "core_speed": 180, "profile": 60, "engine_speed": 120,
+    "engine_speed_8b": 120,
     "hf_speed": 90,
 }  # fmt: skip
 
@@ -387,18 +388,30 @@ def _peak_bw(gpu: str) -> float:
 
 
 def stage_engine_speed(args) -> dict:
-    """ThreadedEngine: n concurrent requests of 128 greedy tokens, both loops on Python threads."""
+    """ThreadedEngine on the SmolLM2 shape: 1 / 4 / 16 / 64 concurrent requests."""
+    return _engine_speed(args, F16, args.concurrency)
+
+
+def stage_engine_speed_8b(args) -> dict:
+    """ThreadedEngine on the 8B shape (when prepared): 1 and 16 concurrent requests."""
+    if not (args.work / f"pkg-{BIG8}" / "params.safetensors").exists():
+        return {"skipped": f"{BIG8} not prepared"}
+    return _engine_speed(args, BIG8, args.concurrency[:1] + args.concurrency[2:3])
+
+
+def _engine_speed(args, name: str, concurrency) -> dict:
+    """n concurrent requests of 128 greedy tokens, both engine loops on Python threads."""
     import numpy as np
 
     from tvmlm import _core
 
     rng = np.random.default_rng(2)
-    vocab = json.loads((args.models / F16 / "metadata.json").read_text())["vocab_size"]
+    vocab = json.loads((args.work / f"pkg-{name}" / "metadata.json").read_text())["vocab_size"]
     deltas: queue.Queue = queue.Queue()
     engine = _core.ThreadedEngine()
     engine.init(core_device(args), lambda ds: [deltas.put(d) for d in ds])
-    max_n, gen = max(args.concurrency), args.gen_tokens
-    engine.reload(json.dumps({"model": str(args.work / f"pkg-{F16}"), "max_num_sequence": max_n,
+    max_n, gen = max(concurrency), args.gen_tokens
+    engine.reload(json.dumps({"model": str(args.work / f"pkg-{name}"), "max_num_sequence": max_n,
                               "max_total_sequence_length": max_n * (32 + gen) + 512,
                               "prefill_chunk_size": 2048, "num_threads": args.threads}))  # fmt: skip
     threads = [threading.Thread(target=engine.run_background_loop, daemon=True),
@@ -435,7 +448,7 @@ def stage_engine_speed(args) -> dict:
     out = {}
     try:
         run(1, "warmup")
-        for n in args.concurrency:
+        for n in concurrency:
             out[f"n{n}"] = run(n, f"n{n}")
         out["metrics"] = json.loads(engine.metrics())
     finally:
@@ -583,10 +596,12 @@ def print_table(report: dict) -> None:
                   f"in {r['gpu_events_per_step']} kernels/copies (HBM bound {r['hbm_bound_ms']} ms)")  # fmt: skip
             for k in r["top_kernels"][:6] + r.get("top_host_api", [])[:5]:
                 print(f"      {k['us_per_step']:8.1f} us/step  x{k['per_step']:<5} {k['name']}")
-    for key, r in (s.get("engine_speed") or {}).items():
-        if key.startswith("n") and isinstance(r, dict):
-            print(f"  ThreadedEngine {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s, "
-                  f"TTFT {r['ttft_mean_ms']} ms){'  ERRORS ' + str(r['errors']) if r['errors'] else ''}")  # fmt: skip
+    engine_rows = [(stage, key, r) for stage in ("engine_speed", "engine_speed_8b")
+                   for key, r in (s.get(stage) or {}).items() if key.startswith("n") and isinstance(r, dict)]
+    for stage, key, r in engine_rows:
+        shape = BIG8 if stage.endswith("8b") else F16
+        print(f"  ThreadedEngine {shape} {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s, "
+              f"TTFT {r['ttft_mean_ms']} ms){'  ERRORS ' + str(r['errors']) if r['errors'] else ''}")  # fmt: skip
     for key, r in (s.get("hf_speed") or {}).items():
         if key.startswith("b") and isinstance(r, dict):
             print(f"  transformers generate {key:4s}: {r['tok_s']:9.1f} tok/s  ({r['generated']} tok in {r['wall_s']} s)")
