@@ -201,7 +201,8 @@ def _pick_min(*terms: tuple[int, str]) -> tuple[int, str]:
     return value, next(s for v, s in terms if v == value)
 
 
-def _model_kv_dtype(meta: Mapping[str, Any]) -> str:
+def model_kv_dtype(meta: Mapping[str, Any]) -> str:
+    """The KV cache dtype a model package was compiled with (older packages: its activations')."""
     dtype = meta.get("kv_dtype", meta.get("dtype", "float32"))
     if dtype not in KV_DTYPE_BYTES:
         raise ModelError(f"model metadata kv_dtype={dtype!r} is not one of {list(KV_DTYPE_BYTES)}")
@@ -267,7 +268,7 @@ def resolve_engine_config(
         return value if value is not None else default
 
     utilization = user_or("gpu_memory_utilization", DEFAULT_UTILIZATION["cpu" if is_cpu else "gpu"])
-    kv_dtype = user_or("kv_dtype", _model_kv_dtype(model_meta))
+    kv_dtype = user_or("kv_dtype", model_kv_dtype(model_meta))
     prefix_cache = bool(user_or("prefix_cache", True))
     if is_cpu:
         num_threads = user_or("num_threads", (cpu_count_fn or host_cpu_count)())

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import protocol
 from .api import Chat, Completions
-from .config import MODES, EngineConfig, format_resolved_config, resolve_engine_config
+from .config import MODES, EngineConfig, format_resolved_config, model_kv_dtype, resolve_engine_config
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .devices import Device, available_memory, resolve_device
 from .errors import ConfigError, EngineClosedError, ModelError, RequestError, TvmlmError
@@ -176,8 +176,10 @@ def _resolve_package(
 
 def _check_kv_dtype(kv_dtype: str | None, meta: dict, library: str) -> None:
     """The KV cache dtype is compiled into the library: a different one cannot be chosen later."""
-    compiled = meta.get("kv_dtype", meta.get("dtype", "float32"))
-    if kv_dtype is not None and kv_dtype != compiled:
+    if kv_dtype is None:
+        return
+    compiled = model_kv_dtype(meta)
+    if kv_dtype != compiled:
         raise ConfigError(
             f"kv_dtype={kv_dtype!r}, but {library} was compiled with a {compiled} KV cache; "
             f"leave kv_dtype=None or {compiled!r}, or compile from the model's weights"
