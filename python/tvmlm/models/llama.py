@@ -49,10 +49,12 @@ class Attention(nn.Module):
             q, k, v = op.split(qkv, [h, h + kvh], axis=2)
             qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
         # Rope is applied inside the KV cache (RopeMode.NORMAL), on q and k, before caching k.
-        if self.kv_dtype != qkv.dtype:  # e.g. a float16 cache for a float32 model: half the KV bytes
-            out = kv_cache.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype), h, sm_scale=d**-0.5).astype(qkv.dtype)
-        else:
-            out = kv_cache.attention_with_fused_qkv(layer_id, qkv, h, sm_scale=d**-0.5)
+        # A KV cache in another dtype (a float16 cache for a float32 model: half the KV bytes) takes
+        # and returns its own dtype; casts only then, so the float32 graph has no identity casts.
+        cast = self.kv_dtype != qkv.dtype
+        out = kv_cache.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype) if cast else qkv, h, sm_scale=d**-0.5)
+        if cast:
+            out = out.astype(qkv.dtype)
         return self.o_proj(op.reshape(out, (b, s, h * d)))
 
 
