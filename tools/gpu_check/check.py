@@ -475,21 +475,10 @@ def stage_hf_speed(args) -> dict:
         out["copy_GB_s"] = round(2 * 10 * x.numel() / (time.perf_counter() - t0) / 1e9, 1)
         del x, y
     model = hf_model(args, F16)
-    vocab = model.config.vocab_size
-    gen = args.gen_tokens
     g = torch.Generator().manual_seed(3)
     for b in args.hf_batches:
-        ids = torch.randint(3, vocab, (b, 32), generator=g).to(torch_device(args))
-        kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
-        with torch.no_grad():
-            model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warmup
-            sync(args)
-            t0 = time.perf_counter()
-            res = model.generate(ids, max_new_tokens=gen, min_new_tokens=gen, **kw)
-            sync(args)
-        wall = time.perf_counter() - t0
-        n = int((res.shape[1] - ids.shape[1]) * b)
-        out[f"b{b}"] = {"generated": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1)}
+        ids = torch.randint(3, model.config.vocab_size, (b, 32), generator=g).to(torch_device(args))
+        out[f"b{b}"] = _hf_generate(args, model, ids)
     if (args.work / f"pkg-{BIG}").exists() and args.device == "cuda":  # same shapes, random weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -498,16 +487,25 @@ def stage_hf_speed(args) -> dict:
         with torch.device("cuda"):
             big = AutoModelForCausalLM.from_config(cfg, dtype=torch.float16).eval()
         ids = torch.randint(3, cfg.vocab_size, (1, 32), generator=g).cuda()
-        kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
-        with torch.no_grad():
-            big.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
-            sync(args)
-            t0 = time.perf_counter()
-            res = big.generate(ids, max_new_tokens=gen, min_new_tokens=gen, **kw)
-            sync(args)
-        wall = time.perf_counter() - t0
-        out[f"{BIG}-b1"] = {"generated": gen, "wall_s": round(wall, 3), "tok_s": round(gen / wall, 1)}
+        out[f"{BIG}-b1"] = _hf_generate(args, big, ids)
     return out
+
+
+def _hf_generate(args, model, ids) -> dict:
+    """Greedy `generate` of args.gen_tokens new tokens per row of `ids`, after a short warm-up."""
+    import torch
+
+    gen = args.gen_tokens
+    kw = {"attention_mask": torch.ones_like(ids), "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
+        sync(args)
+        t0 = time.perf_counter()
+        res = model.generate(ids, max_new_tokens=gen, min_new_tokens=gen, **kw)
+        sync(args)
+    wall = time.perf_counter() - t0
+    n = int((res.shape[1] - ids.shape[1]) * ids.shape[0])
+    return {"generated": n, "wall_s": round(wall, 3), "tok_s": round(n / wall, 1)}
 
 
 # ------------------------------------------------------------------------------------------------
