@@ -171,3 +171,54 @@ def test_paged_prefill_matches_tvm(h_kv, group, d, qlens, kvlens, causal):
     (o1, l1), (o2, l2) = results
     assert np.abs(o1 - o2).max() <= 1e-4
     assert np.abs(l1 - l2).max() <= 1e-3
+
+
+def _bf16(x):
+    """x rounded to bfloat16 (nearest even), as float32."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+def _attention_log2(q2, k, v, qlens, kvlens, group):
+    """Causal attention in float64 with scores already scaled into log2 space: (output, lse)."""
+    out = np.zeros((q2.shape[0], q2.shape[1], v.shape[2]))
+    lse = np.zeros(q2.shape[:2])
+    q0 = k0 = 0
+    for nq, nk in zip(qlens, kvlens):
+        for h in range(q2.shape[1]):
+            s = q2[q0 : q0 + nq, h].astype(np.float64) @ k[k0 : k0 + nk, h // group].astype(np.float64).T
+            s = np.where(np.arange(nk)[None] <= nk - nq + np.arange(nq)[:, None], s, -np.inf)
+            m = s.max(1, keepdims=True)
+            p = np.exp2(s - m)
+            out[q0 : q0 + nq, h] = p @ v[k0 : k0 + nk, h // group] / p.sum(1, keepdims=True)
+            lse[q0 : q0 + nq, h] = m[:, 0] + np.log2(p.sum(1))
+        q0, k0 = q0 + nq, k0 + nk
+    return out, lse
+
+
+_HOST = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+
+
+@pytest.mark.skipif(not __import__("tvmlm.models.x86_bf16", fromlist=["supported"]).supported(tvm.target.Target(_HOST)),
+                    reason="the host CPU has no AVX-512 BF16")
+@pytest.mark.parametrize("h_kv,group,d,qlens,kvlens", [(3, 3, 64, [5, 1, 17, 40], [5, 9, 17, 70]), (2, 4, 32, [300], [300])])
+def test_ragged_prefill_bf16_dot_products(h_kv, group, d, qlens, kvlens):
+    """The vdpbf16ps kernel computes attention of q, k, v rounded to bfloat16: against float64
+    attention of the rounded inputs it differs only by the rounding of p (2**-9 relative)."""
+    h_q = h_kv * group
+    func = tvm.compile(ragged_prefill_cpu(h_kv, h_q, d, d, "float32", bf16_dot=True), target=tvm.target.Target(_HOST))
+    assert "vdpbf16ps" in func.mod.inspect_source("asm")
+    rng = np.random.default_rng(7)
+    q = (2 * rng.standard_normal((sum(qlens), h_q, d))).astype("float32")  # peaked softmax, as in real models
+    k = (2 * rng.standard_normal((sum(kvlens), h_kv, d))).astype("float32")
+    v = rng.standard_normal((sum(kvlens), h_kv, d)).astype("float32")
+    sm_scale = 1.0 / np.sqrt(d)
+    out, lse = _run(func, q, np.cumsum([0, *qlens]).astype("int32"), k, v, np.cumsum([0, *kvlens]).astype("int32"), 1, sm_scale)
+    q2 = q * np.float32(sm_scale) * np.float32(np.log2(np.e))
+    o_rounded, l_rounded = _attention_log2(_bf16(q2), _bf16(k), _bf16(v), qlens, kvlens, group)
+    o_exact, _ = _attention_log2(q2, k, v, qlens, kvlens, group)
+    err = np.abs(out - o_rounded)
+    assert err.max() <= 1e-2 and err.mean() <= 5e-4, (err.max(), err.mean())
+    assert np.abs(lse - l_rounded).max() <= 1e-4
+    # not a float32 kernel in disguise: the exact answer is farther away
+    assert np.abs(out - o_exact).mean() > 3 * err.mean()

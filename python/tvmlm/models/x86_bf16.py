@@ -1,0 +1,84 @@
+"""AVX-512 BF16 dot products for TIR kernels: `vdpbf16ps` (two bfloat16 multiply-adds per float32
+lane, twice the multiply-adds of a float32 FMA per instruction).
+
+TVM 0.27 cannot call the LLVM intrinsic from TIR: its pipeline always runs BF16ComputeLegalize and
+BF16StorageLegalize, which turn `bfloat16x32` operands into float32 or uint16 vectors, and the
+intrinsic wants `<32 x bfloat>`. So the kernels keep bfloat16 pairs in int32 lanes (the low half is
+the even element), and call two tiny LLVM IR functions that bitcast and call the intrinsics. The IR
+is linked into the kernel's LLVM module by the `pragma_import_llvm` attribute (`IMPORT`), and the
+functions are `alwaysinline`, so the result is the bare instruction.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+LANES = 16  # float32 lanes of one 512-bit register
+
+IMPORT = "pragma_import_llvm"
+LLVM_IR = r"""
+define internal <16 x float> @tvmlm_dpbf16(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x, <32 x bfloat> %y)
+  ret <16 x float> %r
+}
+define internal <8 x i32> @tvmlm_bf16_pairs(<16 x float> %v) #0 {
+  %h = call <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float> %v)
+  %r = bitcast <16 x bfloat> %h to <8 x i32>
+  ret <8 x i32> %r
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+declare <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float>)
+attributes #0 = { alwaysinline nounwind "target-features"="+avx512f,+avx512bf16" }
+"""
+
+
+def supported(target: tvm.target.Target) -> bool:
+    """Whether `target` (llvm) has AVX-512 BF16."""
+    if target.kind.name != "llvm":
+        return False
+    from tvm.target.codegen import target_has_features
+
+    try:
+        return all(target_has_features(f, target) for f in ("avx512f", "avx512bf16"))
+    except Exception:  # noqa: BLE001 - an LLVM that cannot answer: take the float32 path
+        return False
+
+
+def dot(acc, a, b):
+    """acc (float32x16) + per lane: a.lo * b.lo + a.hi * b.hi, for int32x16 `a`, `b` holding bfloat16 pairs."""
+    return T.call_pure_extern("float32x16", "tvmlm_dpbf16", acc, a, b)
+
+
+def dot_chains(pairs: list, chains: int, init=None):
+    """init (or 0) + the sum of dot(a, b) over `pairs` of (a, b), in `chains` independent
+    accumulators (the instruction's latency is several cycles) added at the end."""
+    zero = T.broadcast(T.float32(0), LANES)
+    sums = []
+    for c in range(min(chains, len(pairs))):
+        acc = init if c == 0 and init is not None else zero
+        for a, b in pairs[c::chains]:
+            acc = dot(acc, a, b)
+        sums.append(acc)
+    while len(sums) > 1:
+        sums = [sums[i] + sums[i + 1] if i + 1 < len(sums) else sums[i] for i in range(0, len(sums), 2)]
+    return sums[0]
+
+
+def pairs16(v):
+    """float32x16 -> int32x8: lanes 2i, 2i+1 rounded to bfloat16 (nearest even) and packed in lane i."""
+    return T.call_pure_extern("int32x8", "tvmlm_bf16_pairs", v)
+
+
+def bits(x):
+    """The bfloat16 bit pattern (in the low 16 bits of a uint32) of float32 `x`, rounded to nearest
+    even as `vcvtneps2bf16` does (NaN aside). Plain integer arithmetic: vectorizes anywhere."""
+    u = T.reinterpret("uint32", x)
+    return T.shift_right(u + T.uint32(0x7FFF) + T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1)), T.uint32(16))
+
+
+def pair(lo, hi):
+    """int32 holding bfloat16(lo) in its low half and bfloat16(hi) in its high half."""
+    return T.reinterpret("int32", T.bitwise_or(bits(lo), T.shift_left(bits(hi), T.uint32(16))))
