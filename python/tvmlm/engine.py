@@ -6,7 +6,7 @@
 Construction does everything that can fail (validate, resolve, compile, tokenizer, threads, KV
 cache) so errors surface there, not at the first request. Requests go to the core's queue; the
 core's stream-back thread calls `_on_deltas`, which routes each delta to its request's
-`queue.Queue`, where the caller's thread (or iterator) waits.
+`queue.SimpleQueue`, where the caller's thread (or iterator) waits.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ class Engine:
         self._closed = True  # until fully built: terminate()/__del__ must be safe on a half-made engine
         self._threads: list[threading.Thread] = []
         self._core = None
-        self._queues: dict[str, queue.Queue] = {}
+        self._queues: dict[str, queue.SimpleQueue] = {}
         self._unfinished: dict[str, int] = {}  # request id -> choices without a final delta
         self._queues_lock = threading.Lock()
         self._counters = {"requests": 0, "errors": 0}
@@ -308,7 +308,7 @@ class Engine:
         if self._closed:
             raise EngineClosedError("this Engine has been terminated; create a new Engine")
 
-    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, queue.Queue]:
+    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, queue.SimpleQueue]:
         """Validate what the core would reject late, queue the request; (request id, its queue)."""
         self._check_open()
         context = int(self.metadata["context_window_size"])
@@ -337,7 +337,7 @@ class Engine:
                 "decoded together; lower n or raise max_num_sequence in EngineConfig"
             )
         request_id = uuid.uuid4().hex
-        q: queue.Queue = queue.Queue()
+        q: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: no Condition per put/get
         with self._queues_lock:
             self._queues[request_id] = q
             self._unfinished[request_id] = n
@@ -370,7 +370,7 @@ class Engine:
         if not self._closed and self._core is not None:
             self._core.abort_request(request_id)
 
-    def _stream(self, request_id: str, q: queue.Queue, streams: list[_TextStream],
+    def _stream(self, request_id: str, q: queue.SimpleQueue, streams: list[_TextStream],
                 timing: _Timing) -> Iterator[_Output]:
         """Yield text outputs of every choice until all have finished; abort the request if the
         consumer stops early. A stop string ends its choice here; the request is aborted in the
