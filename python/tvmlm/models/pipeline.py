@@ -13,10 +13,11 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     if target.kind.name == "llvm":
         from tvm.relax.backend.cpu_generic import pipeline as tvm_pipeline
 
-        from . import cpu_int8_matmul
+        from . import cpu_int8_matmul, cpu_norm
         from .cpu_attention import replace_cpu_attention_kernels
         from .cpu_schedule import schedule_cpu_kernels
 
+        legalize_map = cpu_norm.legalize_map()
         prologue = [replace_cpu_attention_kernels()]
         if cpu_int8_matmul.supported(target):
             prologue.append(cpu_int8_matmul.replace_packed_matmuls())
@@ -26,6 +27,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         from tvm.s_tir import dlight as dl
 
         prologue = []
+        legalize_map = None
 
         schedule = [
             _opt_out_of_tensor_cores(),
@@ -47,7 +49,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                 # nn.Linear is matmul(x, permute_dims(w)): fuse it so weights are never transposed at run time.
                 relax.transform.FuseTransposeMatmul(),
                 *tvm_pipeline.library_dispatch_passes(target),
-                relax.transform.LegalizeOps(),
+                relax.transform.LegalizeOps(legalize_map),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
