@@ -225,14 +225,14 @@ def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, 
     first, total, n = peer.generate(_prompt(32, peer.vocab, 3), decode_tokens)
     out["decode_b1_tok_s"] = (n - 1) / (total - first)
     if hasattr(peer, "model_step_seconds"):
-        # Medians of per-token intervals on both sides, measured back to back in three rounds
+        # Medians of per-token intervals on both sides, measured back to back in five rounds
         # (this VM's neighbours add +-20% noise that drifts over seconds); the median round counts.
         rounds = []
-        for _ in range(3):
+        for _ in range(5):
             model_step = peer.model_step_seconds(_prompt(32, peer.vocab, 3), min(decode_tokens, 64))
             peer.generate(_prompt(32, peer.vocab, 3), decode_tokens)
             rounds.append(((peer.step_seconds - model_step) / peer.step_seconds, model_step))
-        overhead, model_step = sorted(rounds)[1]
+        overhead, model_step = sorted(rounds)[len(rounds) // 2]
         out["model_step_ms"] = model_step * 1e3
         out["engine_overhead_pct"] = 100 * max(0.0, overhead)
     for c in concurrency:
