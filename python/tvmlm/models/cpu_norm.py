@@ -12,6 +12,8 @@ does not cover (not a [a, b, hidden] input normalized over its last axis, hidden
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
@@ -27,6 +29,7 @@ def _group(vectors: int) -> int:
     return next(g for g in range(min(8, vectors), 0, -1) if vectors % g == 0)
 
 
+@functools.lru_cache(maxsize=None)  # one parse per shape: every layer's norms share the kernel
 def rms_norm_cpu(hidden: int, eps: float, dtype: str):
     """y = x * rsqrt(mean(x**2, last axis) + eps) * w for x, y of shape [a, b, hidden] (float32 math)."""
     if hidden % LANES:
