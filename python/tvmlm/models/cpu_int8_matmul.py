@@ -34,6 +34,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from .cpu_features import llvm_has
 from .fast_math import reduce_lanes
 from .quant import BLOCK, ROW_GROUP
 
@@ -48,14 +49,7 @@ _DPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 def supported(target: tvm.target.Target) -> bool:
     """Whether `target` (llvm) has the instructions this kernel is written with."""
-    if target.kind.name != "llvm":
-        return False
-    from tvm.target.codegen import target_has_features
-
-    try:
-        return all(target_has_features(f, target) for f in ("avx512bw", "avx512vnni", "avx512f"))
-    except Exception:  # noqa: BLE001 - an LLVM that cannot answer: take the portable path
-        return False
+    return llvm_has(target, "avx512bw", "avx512vnni", "avx512f")
 
 
 def _dot(acc, weights, x_word):
