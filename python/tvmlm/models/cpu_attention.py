@@ -134,6 +134,12 @@ def _vec_len(d: int) -> int:
     return 1
 
 
+def _bf16_dot_fits(d_qk: int, d_v: int) -> bool:
+    """Whether the bf16 ragged kernel's layouts divide these head dims (q·k in dimension pairs,
+    p @ v in 16-lane value chunks, a score tile of one 16-lane vector)."""
+    return d_qk % 2 == 0 and d_v % x86_bf16.LANES == 0 and _SCORE_TILE == x86_bf16.LANES
+
+
 def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf16_dot: bool = False):
     """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``.
 
@@ -154,12 +160,11 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
     RG = R * G
     VD = _vec_len(d_v)  # lanes of one p @ v output chunk
     scale_log2e = _LOG2E
-    if bf16_dot and (d_qk % 2 or d_v % x86_bf16.LANES or TK != x86_bf16.LANES):
+    if bf16_dot and not _bf16_dot_fits(d_qk, d_v):
         raise ValueError(f"bf16 attention needs an even d_qk and d_v % {x86_bf16.LANES} == 0, got {d_qk}, {d_v}")
     KR = d_qk // 2 if bf16_dot else d_qk  # rows of a key tile: pairs of dimensions, or dimensions
     KP = TK // 2  # bf16: pairs of keys in a tile
     NV = d_v // x86_bf16.LANES  # bf16: 16-lane chunks of a value row
-    llvm_ir = x86_bf16.LLVM_IR if bf16_dot else ""  # linked into the module only when called
 
     # pylint: disable=too-many-locals,too-many-statements
     @T.prim_func(s_tir=True)
@@ -208,120 +213,119 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
             kt = T.sblock_alloc_buffer((h_kv, (kv_len + TK - 1) // TK, KR, TK), "int32" if bf16_dot else "float32")
             if bf16_dot:  # values of a tile as pairs of keys; keys past the end are 0 (p = 0 there)
                 vt = T.sblock_alloc_buffer((h_kv, (kv_len + TK - 1) // TK, KP, d_v), "int32")
-            with T.attr(0, x86_bf16.IMPORT, llvm_ir):  # the bf16 helpers' LLVM IR
-                for b in T.serial(batch_size):
-                    with T.sblock("seq"):
-                        T.reads()
-                        T.writes()
-                        q0: T.let[T.int32] = q_indptr[b]
-                        kv0: T.let[T.int32] = kv_indptr[b]
-                        n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
-                        n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                        for p in T.parallel(h_kv * ((n_kv + TK - 1) // TK)):
-                            if bf16_dot:
-                                for dp, j in T.grid(KR, TK):
-                                    key: T.let[T.int32] = (p // h_kv) * TK + j
-                                    kt[p % h_kv, p // h_kv, dp, j] = T.if_then_else(key < n_kv, x86_bf16.pair(
-                                        T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dp * 2]),
-                                        T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dp * 2 + 1])), 0)
-                                for kp, dd in T.grid(KP, d_v):
-                                    key: T.let[T.int32] = (p // h_kv) * TK + kp * 2
-                                    vt[p % h_kv, p // h_kv, kp, dd] = x86_bf16.pair(
-                                        T.if_then_else(key < n_kv, T.Cast("float32", v[kv0 + T.min(key, n_kv - 1), p % h_kv, dd]), T.float32(0)),
-                                        T.if_then_else(key + 1 < n_kv, T.Cast("float32", v[kv0 + T.min(key + 1, n_kv - 1), p % h_kv, dd]), T.float32(0)))
-                            else:
-                                for dd, j in T.grid(d_qk, TK):
-                                    key: T.let[T.int32] = (p // h_kv) * TK + j
-                                    kt[p % h_kv, p // h_kv, dd, j] = T.if_then_else(
-                                        key < n_kv, T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dd]), T.float32(0))
-                        n_blocks: T.let[T.int32] = (n_q + R - 1) // R
-                        # causal blocks get more keys the later they are: task p takes block pb and block
-                        # n_blocks - 1 - pb, so the statically chunked parallel loop stays balanced
-                        for p in T.parallel(((n_blocks + 1) // 2) * h_kv):
-                            for t in T.serial(2):
-                                with T.sblock("attn"):
-                                    T.reads()
-                                    T.writes()
-                                    qf = T.sblock_alloc_buffer((RG, d_qk), "float32")
+            for b in T.serial(batch_size):
+                with T.sblock("seq"):
+                    T.reads()
+                    T.writes()
+                    q0: T.let[T.int32] = q_indptr[b]
+                    kv0: T.let[T.int32] = kv_indptr[b]
+                    n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                    n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
+                    for p in T.parallel(h_kv * ((n_kv + TK - 1) // TK)):
+                        if bf16_dot:
+                            for dp, j in T.grid(KR, TK):
+                                key: T.let[T.int32] = (p // h_kv) * TK + j
+                                kt[p % h_kv, p // h_kv, dp, j] = T.if_then_else(key < n_kv, x86_bf16.pair(
+                                    T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dp * 2]),
+                                    T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dp * 2 + 1])), 0)
+                            for kp, dd in T.grid(KP, d_v):
+                                key: T.let[T.int32] = (p // h_kv) * TK + kp * 2
+                                vt[p % h_kv, p // h_kv, kp, dd] = x86_bf16.pair(
+                                    T.if_then_else(key < n_kv, T.Cast("float32", v[kv0 + T.min(key, n_kv - 1), p % h_kv, dd]), T.float32(0)),
+                                    T.if_then_else(key + 1 < n_kv, T.Cast("float32", v[kv0 + T.min(key + 1, n_kv - 1), p % h_kv, dd]), T.float32(0)))
+                        else:
+                            for dd, j in T.grid(d_qk, TK):
+                                key: T.let[T.int32] = (p // h_kv) * TK + j
+                                kt[p % h_kv, p // h_kv, dd, j] = T.if_then_else(
+                                    key < n_kv, T.Cast("float32", k[kv0 + T.min(key, n_kv - 1), p % h_kv, dd]), T.float32(0))
+                    n_blocks: T.let[T.int32] = (n_q + R - 1) // R
+                    # causal blocks get more keys the later they are: task p takes block pb and block
+                    # n_blocks - 1 - pb, so the statically chunked parallel loop stays balanced
+                    for p in T.parallel(((n_blocks + 1) // 2) * h_kv):
+                        for t in T.serial(2):
+                            with T.sblock("attn"):
+                                T.reads()
+                                T.writes()
+                                qf = T.sblock_alloc_buffer((RG, d_qk), "float32")
+                                if bf16_dot:
+                                    qb = T.sblock_alloc_buffer((RG, KR), "int32")  # qf as pairs
+                                    sp = T.sblock_alloc_buffer((RG, KP), "int32")  # a tile's p as pairs
+                                acc = T.sblock_alloc_buffer((RG, d_v), "float32")
+                                s = T.sblock_alloc_buffer((RG, TK), "float32")
+                                m = T.sblock_alloc_buffer((RG,), "float32")
+                                l = T.sblock_alloc_buffer((RG,), "float32")
+                                hk: T.let[T.int32] = p % h_kv
+                                pb: T.let[T.int32] = p // h_kv
+                                blk: T.let[T.int32] = T.if_then_else(t == 0, pb, n_blocks - 1 - pb)
+                                if t == 0 or blk != pb:
+                                    r0: T.let[T.int32] = blk * R
+                                    rows: T.let[T.int32] = T.min(R, n_q - r0)
+                                    kend: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + rows - 1)  # the block's last row
+                                    for i, dd in T.grid(RG, d_qk):
+                                        qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * sm_scale * scale_log2e
                                     if bf16_dot:
-                                        qb = T.sblock_alloc_buffer((RG, KR), "int32")  # qf as pairs
-                                        sp = T.sblock_alloc_buffer((RG, KP), "int32")  # a tile's p as pairs
-                                    acc = T.sblock_alloc_buffer((RG, d_v), "float32")
-                                    s = T.sblock_alloc_buffer((RG, TK), "float32")
-                                    m = T.sblock_alloc_buffer((RG,), "float32")
-                                    l = T.sblock_alloc_buffer((RG,), "float32")
-                                    hk: T.let[T.int32] = p % h_kv
-                                    pb: T.let[T.int32] = p // h_kv
-                                    blk: T.let[T.int32] = T.if_then_else(t == 0, pb, n_blocks - 1 - pb)
-                                    if t == 0 or blk != pb:
-                                        r0: T.let[T.int32] = blk * R
-                                        rows: T.let[T.int32] = T.min(R, n_q - r0)
-                                        kend: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + rows - 1)  # the block's last row
-                                        for i, dd in T.grid(RG, d_qk):
-                                            qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * sm_scale * scale_log2e
-                                        if bf16_dot:
-                                            for i, dp in T.grid(RG, KR):
-                                                qb[i, dp] = x86_bf16.pair(qf[i, dp * 2], qf[i, dp * 2 + 1])
+                                        for i, dp in T.grid(RG, KR):
+                                            qb[i, dp] = x86_bf16.pair(qf[i, dp * 2], qf[i, dp * 2 + 1])
+                                    for i in T.serial(RG):
+                                        m[i] = T.float32(-1e30)
+                                        l[i] = T.float32(0)
+                                        for dd in T.vectorized(d_v):
+                                            acc[i, dd] = T.float32(0)
+                                    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+                                        k_start: T.let[T.int32] = tile * TK
                                         for i in T.serial(RG):
-                                            m[i] = T.float32(-1e30)
-                                            l[i] = T.float32(0)
-                                            for dd in T.vectorized(d_v):
-                                                acc[i, dd] = T.float32(0)
-                                        for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
-                                            k_start: T.let[T.int32] = tile * TK
-                                            for i in T.serial(RG):
-                                                # scores of query vector i against the tile, masked past its last key
-                                                row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
-                                                if bf16_dot:
-                                                    s[i, T.ramp(0, 1, TK)] = T.Select(
-                                                        T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                        x86_bf16.dot_chains([(T.broadcast(qb[i, dp], TK), kt.vload([hk, tile, dp, 0], f"int32x{TK}"))
-                                                                             for dp in range(KR)], chains=8),
-                                                        T.broadcast(T.float32(-1e30), TK))
-                                                else:
-                                                    s[i, T.ramp(0, 1, TK)] = T.Select(
-                                                        T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                        _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, tile, dd, 0], f"float32x{TK}")
-                                                                   for dd in range(d_qk)], chains=8),
-                                                        T.broadcast(T.float32(-1e30), TK))
-                                                # online softmax (log2 space); the running sums are rescaled only when
-                                                # the running max grows (rare after the first tiles)
-                                                tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
-                                                if tmax > m[i]:
-                                                    alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
-                                                    m[i] = tmax
-                                                    l[i] = l[i] * alpha
-                                                    for dd in T.vectorized(d_v):
-                                                        acc[i, dd] = acc[i, dd] * alpha
-                                                for j in T.vectorized(TK):
-                                                    s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - m[i]), T.float32(0))
-                                                l[i] = l[i] + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
-                                                # p @ v (keys past the end have p = 0; their index is clamped)
-                                                if bf16_dot:
-                                                    sp[i, T.ramp(0, 1, KP)] = x86_bf16.pairs16(s.vload([i, 0], f"float32x{TK}"))
-                                                    for c in T.unroll(NV):
-                                                        acc[i, T.ramp(c * TK, 1, TK)] = x86_bf16.dot_chains(
-                                                            [(T.broadcast(sp[i, kp], TK), vt.vload([hk, tile, kp, c * TK], f"int32x{TK}"))
-                                                             for kp in range(KP)], chains=2, init=acc.vload([i, c * TK], f"float32x{TK}"))
-                                                else:
-                                                    for c in T.unroll(d_v // VD):
-                                                        acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(
-                                                            [acc.vload([i, c * VD], f"float32x{VD}")]
-                                                            + [T.broadcast(s[i, j], VD) * T.Cast(f"float32x{VD}", v.vload(
-                                                                [kv0 + T.min(k_start + j, n_kv - 1), hk, c * VD], f"{dtype}x{VD}"))
-                                                               for j in range(TK)])
-                                        for i in T.serial(RG):
-                                            if i // G < rows:
-                                                if _visible_end(causal, n_kv, n_q, r0 + i // G) > 0:
-                                                    for dd in T.vectorized(d_v):
-                                                        output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, acc[i, dd] / l[i])
-                                                    lse[q0 + r0 + i // G, hk * G + i % G] = m[i] + T.log2(l[i])
-                                                else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
-                                                    for dd in T.serial(d_v):
-                                                        output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, T.float32(0))
-                                                    lse[q0 + r0 + i // G, hk * G + i % G] = T.float32(_NEG)
+                                            # scores of query vector i against the tile, masked past its last key
+                                            row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
+                                            if bf16_dot:
+                                                s[i, T.ramp(0, 1, TK)] = T.Select(
+                                                    T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
+                                                    x86_bf16.dot_chains([(T.broadcast(qb[i, dp], TK), kt.vload([hk, tile, dp, 0], f"int32x{TK}"))
+                                                                         for dp in range(KR)], chains=8),
+                                                    T.broadcast(T.float32(-1e30), TK))
+                                            else:
+                                                s[i, T.ramp(0, 1, TK)] = T.Select(
+                                                    T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
+                                                    _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, tile, dd, 0], f"float32x{TK}")
+                                                               for dd in range(d_qk)], chains=8),
+                                                    T.broadcast(T.float32(-1e30), TK))
+                                            # online softmax (log2 space); the running sums are rescaled only when
+                                            # the running max grows (rare after the first tiles)
+                                            tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
+                                            if tmax > m[i]:
+                                                alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
+                                                m[i] = tmax
+                                                l[i] = l[i] * alpha
+                                                for dd in T.vectorized(d_v):
+                                                    acc[i, dd] = acc[i, dd] * alpha
+                                            for j in T.vectorized(TK):
+                                                s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - m[i]), T.float32(0))
+                                            l[i] = l[i] + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+                                            # p @ v (keys past the end have p = 0; their index is clamped)
+                                            if bf16_dot:
+                                                sp[i, T.ramp(0, 1, KP)] = x86_bf16.pairs16(s.vload([i, 0], f"float32x{TK}"))
+                                                for c in T.unroll(NV):
+                                                    acc[i, T.ramp(c * TK, 1, TK)] = x86_bf16.dot_chains(
+                                                        [(T.broadcast(sp[i, kp], TK), vt.vload([hk, tile, kp, c * TK], f"int32x{TK}"))
+                                                         for kp in range(KP)], chains=2, init=acc.vload([i, c * TK], f"float32x{TK}"))
+                                            else:
+                                                for c in T.unroll(d_v // VD):
+                                                    acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(
+                                                        [acc.vload([i, c * VD], f"float32x{VD}")]
+                                                        + [T.broadcast(s[i, j], VD) * T.Cast(f"float32x{VD}", v.vload(
+                                                            [kv0 + T.min(k_start + j, n_kv - 1), hk, c * VD], f"{dtype}x{VD}"))
+                                                           for j in range(TK)])
+                                    for i in T.serial(RG):
+                                        if i // G < rows:
+                                            if _visible_end(causal, n_kv, n_q, r0 + i // G) > 0:
+                                                for dd in T.vectorized(d_v):
+                                                    output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, acc[i, dd] / l[i])
+                                                lse[q0 + r0 + i // G, hk * G + i % G] = m[i] + T.log2(l[i])
+                                            else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
+                                                for dd in T.serial(d_v):
+                                                    output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, T.float32(0))
+                                                lse[q0 + r0 + i // G, hk * G + i % G] = T.float32(_NEG)
 
-    return batch_prefill_ragged_kv
+    return x86_bf16.with_helpers(batch_prefill_ragged_kv) if bf16_dot else batch_prefill_ragged_kv
 
 
 def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16):
@@ -576,8 +580,7 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
                 continue
             if isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 14:
                 # a bfloat16 KV cache gets bfloat16 q, k, v: multiply them as such where the CPU can
-                bf16_dot = dtype == "bfloat16" and d_qk % 2 == 0 and d_v % x86_bf16.LANES == 0 and target is not None \
-                    and x86_bf16.supported(target)
+                bf16_dot = dtype == "bfloat16" and _bf16_dot_fits(d_qk, d_v) and target is not None and x86_bf16.supported(target)
                 func = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype), bf16_dot=bf16_dot)
                 replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
             gv = _tir_kernel_gv(call.args[_ARG_PAGED_PREFILL])

@@ -5,8 +5,8 @@ TVM 0.27 cannot call the LLVM intrinsic from TIR: its pipeline always runs BF16C
 BF16StorageLegalize, which turn `bfloat16x32` operands into float32 or uint16 vectors, and the
 intrinsic wants `<32 x bfloat>`. So the kernels keep bfloat16 pairs in int32 lanes (the low half is
 the even element), and call two tiny LLVM IR functions that bitcast and call the intrinsics. The IR
-is linked into the kernel's LLVM module by the `pragma_import_llvm` attribute (`IMPORT`), and the
-functions are `alwaysinline`, so the result is the bare instruction.
+is linked into the kernel's LLVM module by the `pragma_import_llvm` attribute (`with_helpers`), and
+the functions are `alwaysinline`, so the result is the bare instruction.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from .cpu_features import llvm_has
 
 LANES = 16  # float32 lanes of one 512-bit register
 
-IMPORT = "pragma_import_llvm"
 LLVM_IR = r"""
 define internal <16 x float> @tvmlm_dpbf16(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {
   %x = bitcast <16 x i32> %a to <32 x bfloat>
@@ -35,6 +34,12 @@ declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloa
 declare <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float>)
 attributes #0 = { alwaysinline nounwind "target-features"="+avx512f,+avx512bf16" }
 """
+
+
+def with_helpers(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """`func` with this module's LLVM IR linked in (its codegen visits the attribute first)."""
+    body = tvm.tirx.AttrStmt(tvm.tirx.IntImm("int32", 0), "pragma_import_llvm", tvm.ir.StringImm(LLVM_IR), func.body)
+    return func.with_body(body)
 
 
 def supported(target: tvm.target.Target) -> bool:
