@@ -64,6 +64,16 @@ def _tree_sum(terms: list, chains: int = 4):
 
 
 @T.macro
+def _start_online_softmax(m, l, acc, rows, width):
+    """The empty state of `rows` online softmaxes: running max -1e30, sum 0, accumulator 0."""
+    for i in T.serial(rows):
+        m[i] = T.float32(-1e30)
+        l[i] = T.float32(0)
+        for dd in T.vectorized(width):
+            acc[i, dd] = T.float32(0)
+
+
+@T.macro
 def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
                   G, TK, D, VQ, NQ, page_size, dtype):
     """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [0, kend) of
@@ -80,11 +90,7 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
     slot_off = T.sblock_alloc_buffer((TK,), "int32")
     for g, dd in T.grid(G, D):
         qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * sm_scale * _LOG2E
-    for g in T.serial(G):
-        m[g] = T.float32(-1e30)
-        l[g] = T.float32(0)
-        for dd in T.vectorized(D):
-            acc[g, dd] = T.float32(0)
+    _start_online_softmax(m, l, acc, G, D)
     for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
         k_start: T.let[T.int32] = tile * TK
         nk: T.let[T.int32] = T.min(TK, kend - k_start)
@@ -266,11 +272,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                     if bf16_dot:
                                         for i, dp in T.grid(RG, KR):
                                             qb[i, dp] = x86_bf16.pair(qf[i, dp * 2], qf[i, dp * 2 + 1])
-                                    for i in T.serial(RG):
-                                        m[i] = T.float32(-1e30)
-                                        l[i] = T.float32(0)
-                                        for dd in T.vectorized(d_v):
-                                            acc[i, dd] = T.float32(0)
+                                    _start_online_softmax(m, l, acc, RG, d_v)
                                     for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
                                         k_start: T.let[T.int32] = tile * TK
                                         for i in T.serial(RG):
