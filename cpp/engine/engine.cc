@@ -59,17 +59,35 @@ void Engine::Step(const DeltaSink& sink) {
   if (!deltas.empty()) sink(std::move(deltas));
 }
 
-std::string Engine::MetricsJSON() const {
-  const EngineMetrics& m = state_.metrics;
+MetricsSnapshot Engine::Metrics() const {
+  MetricsSnapshot m;
+  m.counters = state_.metrics;
+  m.running = static_cast<int64_t>(state_.running.size());
+  m.waiting = static_cast<int64_t>(state_.waiting.size());
+  for (const RequestPtr& r : state_.running) m.kv_tokens_used += r->num_computed;
+  m.kv_tokens_total = state_.kv.capacity_tokens();
+  m.kv_pages_used = state_.kv.used_pages();
+  m.kv_pages_total = state_.kv.total_pages();
+  m.prefix_cache = state_.prefix_cache_enabled;
+  m.prefix_cache_sequences = static_cast<int64_t>(state_.prefix_cache.entries().size());
+  m.prefix_cache_tokens = state_.prefix_cache.num_tokens();
+  m.max_num_sequence = state_.max_num_sequence;
+  m.prefill_chunk_size = state_.prefill_chunk_size;
+  m.max_sequence_length = state_.max_sequence_length;
+  return m;
+}
+
+std::string MetricsJSON(const std::string& model, const MetricsSnapshot& snapshot) {
+  const EngineMetrics& m = snapshot.counters;
   auto rate = [](double tokens, double seconds) { return seconds > 0 ? tokens / seconds : 0.0; };
   json::Object obj;
   auto set = [&obj](const char* key, ffi::Any value) { obj.Set(ffi::String(key), value); };
   set("loaded", true);
-  set("model", ffi::String(config_.model));
+  set("model", ffi::String(model));
   set("requests_finished", m.requests_finished);
   set("requests_errored", m.requests_errored);
-  set("running", static_cast<int64_t>(state_.running.size()));
-  set("waiting", static_cast<int64_t>(state_.waiting.size()));
+  set("running", snapshot.running);
+  set("waiting", snapshot.waiting);
   set("prompt_tokens", m.prompt_tokens);
   set("generated_tokens", m.generated_tokens);
   set("prefill_tokens", m.prefill_tokens);
@@ -79,15 +97,13 @@ std::string Engine::MetricsJSON() const {
   set("decode_seconds", m.decode_seconds);
   set("decode_tokens_per_second", rate(static_cast<double>(m.decode_tokens), m.decode_seconds));
   set("preemptions", m.preemptions);
-  int64_t kv_tokens = 0;
-  for (const RequestPtr& r : state_.running) kv_tokens += r->num_computed;
-  set("kv_tokens_used", kv_tokens);
-  set("kv_tokens_total", state_.kv.capacity_tokens());
-  set("kv_pages_used", state_.kv.used_pages());
-  set("kv_pages_total", state_.kv.total_pages());
-  set("prefix_cache", state_.prefix_cache_enabled);
-  set("prefix_cache_sequences", static_cast<int64_t>(state_.prefix_cache.entries().size()));
-  set("prefix_cache_tokens", state_.prefix_cache.num_tokens());
+  set("kv_tokens_used", snapshot.kv_tokens_used);
+  set("kv_tokens_total", snapshot.kv_tokens_total);
+  set("kv_pages_used", snapshot.kv_pages_used);
+  set("kv_pages_total", snapshot.kv_pages_total);
+  set("prefix_cache", snapshot.prefix_cache);
+  set("prefix_cache_sequences", snapshot.prefix_cache_sequences);
+  set("prefix_cache_tokens", snapshot.prefix_cache_tokens);
   set("prefix_hit_tokens", m.prefix_hit_tokens);
   // Of all KV tokens the engine needed, the share forked rather than computed.
   set("prefix_hit_rate", rate(static_cast<double>(m.prefix_hit_tokens),
@@ -96,9 +112,9 @@ std::string Engine::MetricsJSON() const {
   set("time_to_first_token_max", m.ttft_max);
   set("inter_token_latency_mean", rate(m.itl_sum, static_cast<double>(m.itl_count)));
   set("inter_token_latency_max", m.itl_max);
-  set("max_num_sequence", state_.max_num_sequence);
-  set("prefill_chunk_size", state_.prefill_chunk_size);
-  set("max_sequence_length", state_.max_sequence_length);
+  set("max_num_sequence", snapshot.max_num_sequence);
+  set("prefill_chunk_size", snapshot.prefill_chunk_size);
+  set("max_sequence_length", snapshot.max_sequence_length);
   return json::Stringify(obj);
 }
 

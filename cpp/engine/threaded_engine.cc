@@ -57,6 +57,10 @@ void ThreadedEngineImpl::Reload(const std::string& config_json) {
     engine->SetTrace([this](const std::string& event) { PushTrace(event); });
   }
   engine_ = std::move(engine);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    model_ = config.model;
+  }
   PublishStateLocked();
 }
 
@@ -240,8 +244,14 @@ void ThreadedEngineImpl::ExitBackgroundLoop() {
 }
 
 std::string ThreadedEngineImpl::Metrics() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return metrics_json_;
+  std::optional<MetricsSnapshot> snapshot;
+  std::string model;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    snapshot = metrics_;
+    model = model_;
+  }
+  return snapshot ? MetricsJSON(model, *snapshot) : "{\"loaded\": false}";
 }
 
 void ThreadedEngineImpl::PushDeltas(std::vector<RequestDelta> deltas) {
@@ -288,10 +298,11 @@ void ThreadedEngineImpl::AbortEverythingLocked() {
 
 void ThreadedEngineImpl::PublishStateLocked() {
   bool has_work = engine_ && engine_->HasUnfinished();
-  std::string metrics = engine_ ? engine_->MetricsJSON() : "{\"loaded\": false}";
+  std::optional<MetricsSnapshot> metrics;
+  if (engine_) metrics = engine_->Metrics();
   std::lock_guard<std::mutex> lock(mu_);
   engine_has_work_ = has_work;
-  metrics_json_ = std::move(metrics);
+  metrics_ = metrics;
 }
 
 }  // namespace tvmlm

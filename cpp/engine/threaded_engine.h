@@ -16,6 +16,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -52,7 +53,8 @@ class ThreadedEngineImpl final : public ThreadedEngine {
   void PushTrace(std::string event_json);
   /*! \brief Abort queued and in-flight requests. Caller holds engine_mu_. */
   void AbortEverythingLocked();
-  /*! \brief Refresh the metrics snapshot and the "has work" flag. Caller holds engine_mu_. */
+  /*! \brief Refresh the metrics snapshot (numbers only: JSON is made when asked) and the "has work"
+   * flag. Caller holds engine_mu_. */
   void PublishStateLocked();
   /*! \brief One pass of the step loop with the queues taken from the callers. */
   void StepOnce(std::deque<RequestPtr> requests, std::vector<std::string> aborts);
@@ -76,7 +78,9 @@ class ThreadedEngineImpl final : public ThreadedEngine {
   bool loop_finished_ = false;
   /*! \brief The engine holds unfinished requests: keep stepping without new input. */
   bool engine_has_work_ = false;
-  std::string metrics_json_ = "{\"loaded\": false}";
+  /*! \brief The loaded model's metrics as of the last step; none when no model is loaded. */
+  std::optional<MetricsSnapshot> metrics_;
+  std::string model_;
 
   // engine_mu_ guards engine_; the step loop holds it for a whole step.
   std::mutex engine_mu_;
