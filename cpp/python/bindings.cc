@@ -9,11 +9,13 @@
 #include <tvmlm/engine.h>
 #include <tvmlm/request.h>
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "engine/delta_router.h"
 #include "model/device.h"
 #include "model/model.h"
 #include "sampler/sampler.h"
@@ -129,13 +131,19 @@ class PyThreadedEngine {
   PyThreadedEngine() : engine_(CreateThreadedEngine()) {}
 
   void Init(const std::string& device, py::object stream_callback, py::object trace_recorder) {
-    if (!PyCallable_Check(stream_callback.ptr())) {
-      throw py::type_error("stream_callback must be callable");
+    ThreadedEngine::StreamCallback stream;
+    if (py::isinstance<DeltaRouter>(stream_callback)) {
+      // Routed in C++: the stream-back loop never needs the GIL.
+      auto router = stream_callback.cast<std::shared_ptr<DeltaRouter>>();
+      stream = [router](std::vector<RequestDelta> deltas) { router->Route(std::move(deltas)); };
+    } else if (PyCallable_Check(stream_callback.ptr())) {
+      SharedCallable on_deltas = ShareCallable(std::move(stream_callback));
+      stream = [on_deltas](std::vector<RequestDelta> deltas) {
+        CallFromCpp(on_deltas, std::move(deltas), "tvmlm stream_callback");
+      };
+    } else {
+      throw py::type_error("stream_callback must be callable or a tvmlm._core.DeltaRouter");
     }
-    SharedCallable on_deltas = ShareCallable(std::move(stream_callback));
-    ThreadedEngine::StreamCallback stream = [on_deltas](std::vector<RequestDelta> deltas) {
-      CallFromCpp(on_deltas, std::move(deltas), "tvmlm stream_callback");
-    };
     ThreadedEngine::TraceRecorder trace;
     if (!trace_recorder.is_none()) {
       if (!PyCallable_Check(trace_recorder.ptr())) {
@@ -154,6 +162,54 @@ class PyThreadedEngine {
  private:
   std::unique_ptr<ThreadedEngine> engine_;
 };
+
+// What DeltaInbox.take() returns for each delta: a C-level named tuple (like os.stat_result).
+// Its fields are plain attribute reads for the caller; a py::class_ would convert token_ids and go
+// through pybind11's dispatcher on every read, per token, on the caller's hot path.
+PyStructSequence_Field kDeltaFields[] = {
+    {"index", "choice index in [0, n)"},
+    {"token_ids", "new tokens (list of int)"},
+    {"finish_reason", "None, or 'stop' / 'length' / 'abort' / 'error'"},
+    {"error", "message when finish_reason == 'error', else ''"},
+    {"prompt_tokens", nullptr},
+    {"completion_tokens", "tokens generated so far, a stopping token included"},
+    {"cached_prompt_tokens", "prompt tokens whose KV came from the prefix cache"},
+    {nullptr, nullptr}};
+PyStructSequence_Desc kDeltaDesc = {"tvmlm._core.Delta", "One request's new output (DeltaInbox.take).",
+                                    kDeltaFields, 7};
+PyTypeObject* delta_type = nullptr;  // made at module import
+
+py::object ToPythonDelta(const RequestDelta& d) {
+  // Made once and never freed: a static py::object would be released after the interpreter.
+  static const py::object* reasons = new py::object[5]{
+      py::none(), py::str("stop"), py::str("length"), py::str("abort"), py::str("error")};
+  py::object out = py::reinterpret_steal<py::object>(PyStructSequence_New(delta_type));
+  if (!out) throw py::error_already_set();
+  py::object values[] = {py::int_(d.index), py::cast(d.token_ids),
+                         reasons[static_cast<int>(d.finish_reason)], py::str(d.error),
+                         py::int_(d.prompt_tokens), py::int_(d.completion_tokens),
+                         py::int_(d.cached_prompt_tokens)};
+  for (Py_ssize_t i = 0; i < 7; ++i) PyStructSequence_SetItem(out.ptr(), i, values[i].release().ptr());
+  return out;
+}
+
+// Wait for an inbox's deltas with the GIL released, in slices so that Ctrl-C (handled between
+// slices, with the GIL) interrupts a caller waiting on a long generation.
+py::list TakeDeltas(DeltaInbox& inbox) {
+  for (;;) {
+    std::vector<RequestDelta> deltas;
+    {
+      py::gil_scoped_release release;
+      deltas = inbox.Take(std::chrono::milliseconds(100));
+    }
+    if (!deltas.empty() || inbox.closed()) {
+      py::list out(deltas.size());
+      for (size_t i = 0; i < deltas.size(); ++i) out[i] = ToPythonDelta(deltas[i]);
+      return out;
+    }
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+}
 
 py::object FinishReasonOrNone(const RequestDelta& d) {
   if (d.finish_reason == FinishReason::kNotFinished) return py::none();
@@ -205,6 +261,23 @@ PYBIND11_MODULE(_core, m) {
                std::to_string(d.token_ids.size()) + " tokens, finish_reason=" + reason +
                (d.error.empty() ? "" : ", error='" + d.error + "'") + ")";
       });
+
+  delta_type = PyStructSequence_NewType(&kDeltaDesc);
+  if (delta_type == nullptr) throw py::error_already_set();
+  m.add_object("Delta", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(delta_type)));
+
+  py::class_<DeltaInbox, std::shared_ptr<DeltaInbox>>(m, "DeltaInbox")
+      .def("take", &TakeDeltas,
+           "Block until deltas arrive; return them all. [] once the router closed and this inbox "
+           "is drained.");
+
+  py::class_<DeltaRouter, std::shared_ptr<DeltaRouter>>(m, "DeltaRouter")
+      .def(py::init<>())
+      .def("open", &DeltaRouter::Open, py::arg("request_id"), py::arg("choices"),
+           "An inbox for the request's deltas; call before add_request.")
+      .def("discard", &DeltaRouter::Discard, py::arg("request_id"))
+      .def("close", &DeltaRouter::Close, release())
+      .def_property_readonly("open_requests", &DeltaRouter::open_requests);
 
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string&, const std::string&, int64_t>(), py::arg("package_dir"),

@@ -5,8 +5,9 @@
 
 Construction does everything that can fail (validate, resolve, compile, tokenizer, threads, KV
 cache) so errors surface there, not at the first request. Requests go to the core's queue; the
-core's stream-back thread calls `_on_deltas`, which routes each delta to its request's
-`queue.SimpleQueue`, where the caller's thread (or iterator) waits.
+core's stream-back thread hands their deltas to a `_core.DeltaRouter`, which sorts them into
+per-request inboxes in C++ (no GIL, no Python thread hop), where the caller's thread (or iterator)
+waits with the GIL released.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,8 @@ ALL_CHOICES = -1
 
 @dataclass
 class _Delta:
-    """A delta as the Python side sees it (also used for synthetic aborts on terminate)."""
+    """A delta made on the Python side (the abort of every choice on terminate), with the fields of
+    the core's `_core.Delta` (what `DeltaInbox.take()` returns)."""
 
     token_ids: list[int]
     finish_reason: str | None
@@ -213,9 +213,7 @@ class Engine:
         self._closed = True  # until fully built: terminate()/__del__ must be safe on a half-made engine
         self._threads: list[threading.Thread] = []
         self._core = None
-        self._queues: dict[str, queue.SimpleQueue] = {}
-        self._unfinished: dict[str, int] = {}  # request id -> choices without a final delta
-        self._queues_lock = threading.Lock()
+        self._router = None
         self._counters = {"requests": 0, "errors": 0}
         t0 = time.perf_counter()
         # 1. validate the arguments before touching the disk.
@@ -245,8 +243,8 @@ class Engine:
         from . import _core
 
         self._core = _core.ThreadedEngine()
-        # The core keeps the callback; a weak reference lets an abandoned Engine be collected.
-        self._core.init(str(self.device) if self.device.kind != "cpu" else "cpu:0", _make_callback(self), None)
+        self._router = _core.DeltaRouter()  # the stream callback, in C++
+        self._core.init(str(self.device) if self.device.kind != "cpu" else "cpu:0", self._router, None)
         self._threads = [
             threading.Thread(target=self._core.run_background_loop, name="tvmlm-step-loop", daemon=True),
             threading.Thread(target=self._core.run_background_stream_back_loop, name="tvmlm-stream-back", daemon=True),
@@ -293,12 +291,9 @@ class Engine:
             if thread is not threading.current_thread():
                 thread.join()
         self._threads = []
-        # Anything the core could not deliver: wake the waiters so no caller hangs.
-        with self._queues_lock:
-            pending = list(self._queues.items())
-            self._queues = {}
-        for _, q in pending:
-            q.put(_Delta([], "abort", index=ALL_CHOICES))
+        # Anything the core could not deliver: wake the waiters (they end with "abort").
+        if self._router is not None:
+            self._router.close()
         if core is not None:
             core.unload()
             self._core = None
@@ -308,8 +303,8 @@ class Engine:
         if self._closed:
             raise EngineClosedError("this Engine has been terminated; create a new Engine")
 
-    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, queue.SimpleQueue]:
-        """Validate what the core would reject late, queue the request; (request id, its queue)."""
+    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, Any]:
+        """Validate what the core would reject late, queue the request; (request id, its inbox)."""
         self._check_open()
         context = int(self.metadata["context_window_size"])
         if len(prompt_ids) == 0:
@@ -337,40 +332,21 @@ class Engine:
                 "decoded together; lower n or raise max_num_sequence in EngineConfig"
             )
         request_id = uuid.uuid4().hex
-        q: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: no Condition per put/get
-        with self._queues_lock:
-            self._queues[request_id] = q
-            self._unfinished[request_id] = n
+        inbox = self._router.open(request_id, n)  # before the add: no delta can come first
         self._counters["requests"] += 1
         try:
             self._core.add_request(request_id, list(prompt_ids), json.dumps(generation))
         except BaseException:
-            with self._queues_lock:
-                self._queues.pop(request_id, None)
-                self._unfinished.pop(request_id, None)
+            self._router.discard(request_id)
             raise
-        return request_id, q
-
-    def _on_deltas(self, deltas) -> None:
-        """Called by the core's stream-back thread (GIL held): route each delta to its queue."""
-        with self._queues_lock:
-            for d in deltas:
-                q = self._queues.get(d.request_id)
-                if q is None:
-                    continue  # the caller went away (aborted) and nobody is listening
-                q.put(_Delta(list(d.token_ids), d.finish_reason, d.error, d.prompt_tokens,
-                             d.completion_tokens, d.index, d.cached_prompt_tokens))
-                if d.finish_reason is not None:
-                    self._unfinished[d.request_id] -= 1
-                    if self._unfinished[d.request_id] <= 0:  # every choice has ended
-                        del self._queues[d.request_id], self._unfinished[d.request_id]
+        return request_id, inbox
 
     def abort(self, request_id: str) -> None:
         """Abort a request; its stream ends with finish_reason "abort"."""
         if not self._closed and self._core is not None:
             self._core.abort_request(request_id)
 
-    def _stream(self, request_id: str, q: queue.SimpleQueue, streams: list[_TextStream],
+    def _stream(self, request_id: str, inbox, streams: list[_TextStream],
                 timing: _Timing) -> Iterator[_Output]:
         """Yield text outputs of every choice until all have finished; abort the request if the
         consumer stops early. A stop string ends its choice here; the request is aborted in the
@@ -379,23 +355,24 @@ class Engine:
         core_running = set(open_choices)  # no final delta from the core yet
         try:
             while open_choices:
-                delta: _Delta = q.get()
-                indices = sorted(core_running) if delta.index == ALL_CHOICES else [delta.index]
-                for index in indices:
-                    if delta.finish_reason is not None:
-                        core_running.discard(index)
-                    if index not in open_choices:
-                        continue  # ended by a stop string already
-                    if delta.finish_reason == "error":
-                        self._counters["errors"] += 1
-                        raise RequestError(f"request failed in the engine: {delta.error}")
-                    timing.saw(delta)
-                    text, finish = streams[index].feed(delta)
-                    if finish is not None:
-                        open_choices.discard(index)
-                    if text or finish is not None:
-                        stream = streams[index]
-                        yield _Output(text, finish, stream.prompt_tokens, stream.completion_tokens, index)
+                # [] once the router closed (terminate) with this request unfinished.
+                for delta in inbox.take() or [_Delta([], "abort", index=ALL_CHOICES)]:
+                    indices = sorted(core_running) if delta.index == ALL_CHOICES else [delta.index]
+                    for index in indices:
+                        if delta.finish_reason is not None:
+                            core_running.discard(index)
+                        if index not in open_choices:
+                            continue  # ended by a stop string already
+                        if delta.finish_reason == "error":
+                            self._counters["errors"] += 1
+                            raise RequestError(f"request failed in the engine: {delta.error}")
+                        timing.saw(delta)
+                        text, finish = streams[index].feed(delta)
+                        if finish is not None:
+                            open_choices.discard(index)
+                        if text or finish is not None:
+                            stream = streams[index]
+                            yield _Output(text, finish, stream.prompt_tokens, stream.completion_tokens, index)
         finally:
             if core_running:
                 self.abort(request_id)
@@ -407,7 +384,7 @@ class Engine:
             defaults=self.sampling_defaults,
         )
         timing = _Timing()
-        request_id, q = self._submit(prompt_ids, generation)
+        request_id, inbox = self._submit(prompt_ids, generation)
         streams = [
             _TextStream(
                 IncrementalDetokenizer(self.tokenizer.decode, prompt_ids),
@@ -415,7 +392,7 @@ class Engine:
             )
             for _ in range(req.n)
         ]
-        return self._stream(request_id, q, streams, timing), timing
+        return self._stream(request_id, inbox, streams, timing), timing
 
     def metrics(self) -> dict[str, Any]:
         """The core's counters (docs/contracts.md section 2: queues, tokens and tokens/s, KV pages,
@@ -424,13 +401,3 @@ class Engine:
         core = json.loads(self._core.metrics())
         return {**core, "python_requests": self._counters["requests"], "python_errors": self._counters["errors"]}
 
-
-def _make_callback(engine: Engine):
-    ref = weakref.ref(engine)
-
-    def callback(deltas) -> None:
-        target = ref()
-        if target is not None:
-            target._on_deltas(deltas)
-
-    return callback

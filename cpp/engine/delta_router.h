@@ -1,0 +1,75 @@
+// DeltaRouter: a stream callback that sorts deltas into per-request inboxes, for hosts whose
+// callers block on "their" request (the Python Engine's generation calls do).
+//
+//   stream-back loop ── Route(deltas) ──> inbox of request A ──> Take() on A's caller thread
+//                                    └──> inbox of request B ──> Take() on B's caller thread
+//
+// Routing is plain C++, so the stream-back loop delivers without the GIL, and a waiting caller
+// wakes once per batch of deltas instead of twice (callback thread, then caller).
+#ifndef TVMLM_ENGINE_DELTA_ROUTER_H_
+#define TVMLM_ENGINE_DELTA_ROUTER_H_
+
+#include <tvmlm/request.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tvmlm {
+
+/*! \brief The deltas of one request, in order. Shared by the router and the request's caller. */
+class DeltaInbox {
+ public:
+  /*!
+   * \brief Wait up to `timeout` for deltas; return every pending one. An empty result means
+   * nothing arrived in time, or (closed() is then true) the router closed with nothing pending.
+   */
+  std::vector<RequestDelta> Take(std::chrono::milliseconds timeout);
+  /*! \brief The router closed this inbox: no delta will arrive after the pending ones. */
+  bool closed();
+
+ private:
+  friend class DeltaRouter;
+  void Push(std::vector<RequestDelta>* deltas);
+  void Close();
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<RequestDelta> pending_;
+  bool closed_ = false;
+};
+
+class DeltaRouter {
+ public:
+  /*!
+   * \brief Start routing `request_id`'s deltas to a new inbox, until each of its `choices` has had
+   * its final delta. Call before the request is added, so no delta can come first.
+   */
+  std::shared_ptr<DeltaInbox> Open(const std::string& request_id, int64_t choices);
+  /*! \brief Stop routing `request_id` (its request was never added). */
+  void Discard(const std::string& request_id);
+  /*! \brief The stream callback: hand each delta to its request's inbox (unknown ids dropped). */
+  void Route(std::vector<RequestDelta> deltas);
+  /*! \brief Close every inbox (waiters wake) and those opened later. For engine shutdown. */
+  void Close();
+  /*! \brief Requests whose final deltas have not all arrived. */
+  size_t open_requests();
+
+ private:
+  struct Route_ {
+    std::shared_ptr<DeltaInbox> inbox;
+    int64_t unfinished;  // choices without a final delta
+  };
+  std::mutex mu_;
+  std::unordered_map<std::string, Route_> routes_;
+  bool closed_ = false;
+};
+
+}  // namespace tvmlm
+
+#endif  // TVMLM_ENGINE_DELTA_ROUTER_H_
