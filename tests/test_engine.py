@@ -5,7 +5,9 @@ and greedy parity with transformers through the whole stack (tokenizer -> C++ co
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -307,6 +309,26 @@ def test_context_manager_and_gc(tiny_model_dir, tiny_package):
     del engine
     gc.collect()
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("ending", ["return", "raise"])
+def test_exit_without_terminate_is_clean(ending, tiny_model_dir, tiny_package, tvmlm_cache_dir):
+    """A script that never calls terminate() (or dies of an exception) still exits normally:
+    its engine is terminated before the interpreter finalizes, not aborted during it."""
+    import subprocess
+
+    tiny_package("llama")
+    script = (
+        "import sys\nfrom tvmlm import Engine\n"
+        f"engine = Engine({str(tiny_model_dir('llama'))!r}, device='cpu')\n"
+        "stream = engine.completions.create(prompt='x', max_tokens=200, stream=True, ignore_eos=True)\n"
+        "next(stream)\n"  # a request still in flight at exit
+        + ("raise SystemExit(3)\n" if ending == "raise" else "")
+    )
+    env = {**os.environ, "TVMLM_CACHE_DIR": str(tvmlm_cache_dir)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == (3 if ending == "raise" else 0), done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

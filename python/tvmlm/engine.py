@@ -12,12 +12,14 @@ waits with the GIL released.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,17 @@ from .tokenizer import Tokenizer
 logger = logging.getLogger("tvmlm")
 
 PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json")
+
+# Engines still running when the interpreter exits are terminated by atexit, before finalization:
+# left to __del__ during finalization, their threads would return into an interpreter that no
+# longer takes them back (pthread_exit inside pybind11's GIL guard: the process aborts).
+_live_engines: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _terminate_live_engines() -> None:
+    for engine in list(_live_engines):
+        engine.terminate()
 
 
 #: `_Delta.index` of the synthetic delta that ends every unfinished choice (terminate).
@@ -252,6 +265,7 @@ class Engine:
         for thread in self._threads:
             thread.start()
         self._closed = False
+        _live_engines.add(self)
         try:
             self._core.reload(json.dumps(resolved.core_config(str(self.package_dir))))
         except BaseException as exc:
