@@ -437,3 +437,60 @@ def test_many_threads_submitting(harness, reference):
     res = h.collect([f"m{i}" for i in range(16)])
     for i, p in enumerate(ps):
         assert res[f"m{i}"].tokens == reference(p, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeltaRouter: the C++ stream callback the Python Engine uses
+
+
+def test_router_sorts_deltas_into_inboxes(pkg, reference):
+    router = _core.DeltaRouter()
+    e = _core.ThreadedEngine()
+    e.init("cpu:0", router)
+    threads = [threading.Thread(target=e.run_background_loop), threading.Thread(target=e.run_background_stream_back_loop)]
+    for t in threads:
+        t.start()
+    try:
+        e.reload(json.dumps({"model": str(pkg), "max_num_sequence": 4, "max_total_sequence_length": 1024,
+                             "prefill_chunk_size": 256}))
+        ps = prompts(3, seed=5)
+        inboxes = {f"r{i}": router.open(f"r{i}", 1) for i in range(3)}
+        for i, p in enumerate(ps):
+            e.add_request(f"r{i}", p, json.dumps({"max_tokens": 6, "temperature": 0.0}))
+        for i, p in enumerate(ps):
+            tokens, finish = [], None
+            while finish is None:
+                for d in inboxes[f"r{i}"].take():
+                    assert d.index == 0 and d.prompt_tokens == len(p)
+                    tokens += d.token_ids
+                    finish = d.finish_reason
+            assert finish == "length" and tokens == reference(p, 6)
+        assert router.open_requests == 0  # each route ended with its final delta
+    finally:
+        e.exit_background_loop()
+        for t in threads:
+            t.join(timeout=30)
+
+
+def test_router_close_wakes_waiters_and_discard_forgets():
+    router = _core.DeltaRouter()
+    inbox = router.open("a", 2)
+    router.open("b", 1)
+    with pytest.raises(ValueError, match="already open"):
+        router.open("a", 1)
+    router.discard("b")
+    assert router.open_requests == 1
+    threading.Timer(0.2, router.close).start()
+    t0 = time.time()
+    assert inbox.take() == []  # closed with nothing pending: the caller ends the request
+    assert time.time() - t0 < 10
+    assert router.open("c", 1).take() == []  # opened after close: closed at once
+
+
+def test_waiting_on_an_inbox_can_be_interrupted():
+    import _thread
+
+    inbox = _core.DeltaRouter().open("a", 1)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        inbox.take()
