@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "model/device.h"
+#include "model/host_arena.h"
 #include "model/safetensors.h"
 #include "model/thread_pool.h"
 
@@ -127,9 +128,7 @@ ffi::Function Model::RequireFunction(const std::string& name) const {
 
 void Model::LoadParams(const std::string& path) {
   SafetensorsFile file(path);
-  const ffi::Function& alloc = Global("runtime.TVMTensorAllocWithScope");
-  const ffi::Function& copy_from_bytes = Global("runtime.TVMTensorCopyFromBytes");
-  ffi::Array<ffi::Any> params;
+  std::vector<const SafetensorsFile::Entry*> entries;
   for (const ParamInfo& info : metadata_.params) {
     const SafetensorsFile::Entry* entry = file.Find(info.name);
     if (entry == nullptr) {
@@ -140,11 +139,35 @@ void Model::LoadParams(const std::string& path) {
                                ShapeToString(entry->shape) + ", metadata.json says " +
                                info.dtype + ShapeToString(info.shape));
     }
-    ffi::Tensor t = alloc(ffi::Shape(info.shape), ffi::StringToDLDataType(info.dtype), device_,
-                          ffi::Optional<ffi::String>())
-                        .cast<ffi::Tensor>();
-    copy_from_bytes(t, const_cast<void*>(entry->data), static_cast<int64_t>(entry->nbytes));
-    params.push_back(t);
+    entries.push_back(entry);
+  }
+  ffi::Array<ffi::Any> params;
+  if (device_.device_type == kDLCPU) {
+    // All weights in one huge-page arena (see host_arena.h), each at a 64-byte boundary.
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (const SafetensorsFile::Entry* entry : entries) {
+      offsets.push_back(total);
+      total += (entry->nbytes + 63) / 64 * 64;
+    }
+    auto arena = std::make_shared<HostArena>(total);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const ParamInfo& info = metadata_.params[i];
+      std::memcpy(arena->data() + offsets[i], entries[i]->data, entries[i]->nbytes);
+      params.push_back(ArenaTensor(arena, offsets[i], ffi::Shape(info.shape),
+                                   ffi::StringToDLDataType(info.dtype)));
+    }
+  } else {
+    const ffi::Function& alloc = Global("runtime.TVMTensorAllocWithScope");
+    const ffi::Function& copy_from_bytes = Global("runtime.TVMTensorCopyFromBytes");
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const ParamInfo& info = metadata_.params[i];
+      ffi::Tensor t = alloc(ffi::Shape(info.shape), ffi::StringToDLDataType(info.dtype), device_,
+                            ffi::Optional<ffi::String>())
+                          .cast<ffi::Tensor>();
+      copy_from_bytes(t, const_cast<void*>(entries[i]->data), static_cast<int64_t>(entries[i]->nbytes));
+      params.push_back(t);
+    }
   }
   params_ = std::move(params);
 }

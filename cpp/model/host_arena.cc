@@ -1,0 +1,50 @@
+#include "model/host_arena.h"
+
+#include <sys/mman.h>
+
+#include <new>
+#include <stdexcept>
+
+namespace tvmlm {
+
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// The tensor's data is a view; the shared_ptr keeps the arena alive until the last view goes.
+struct ArenaView {
+  std::shared_ptr<HostArena> arena;
+  size_t offset;
+  void AllocData(DLTensor* tensor) { tensor->data = arena->data() + offset; }
+  void FreeData(DLTensor*) {}
+};
+
+}  // namespace
+
+HostArena::HostArena(size_t bytes) {
+  size_ = RoundUp(bytes == 0 ? 1 : bytes, kHugePage);
+  // One extra huge page of slack so the start can be aligned to 2 MiB (huge pages only back
+  // aligned 2 MiB ranges).
+  mapped_ = size_ + kHugePage;
+  mapping_ = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping_ == MAP_FAILED) throw std::bad_alloc();
+  auto start = reinterpret_cast<uintptr_t>(mapping_);
+  data_ = reinterpret_cast<char*>(RoundUp(start, kHugePage));
+#ifdef MADV_HUGEPAGE
+  huge_pages_ = madvise(data_, size_, MADV_HUGEPAGE) == 0;
+#endif
+}
+
+HostArena::~HostArena() {
+  if (mapping_ != nullptr && mapping_ != MAP_FAILED) munmap(mapping_, mapped_);
+}
+
+tvm::ffi::Tensor ArenaTensor(const std::shared_ptr<HostArena>& arena, size_t offset,
+                             tvm::ffi::ShapeView shape, DLDataType dtype) {
+  if (offset % 64 != 0) throw std::invalid_argument("ArenaTensor: offset must be 64-byte aligned");
+  return tvm::ffi::Tensor::FromNDAlloc(ArenaView{arena, offset}, shape, dtype, DLDevice{kDLCPU, 0});
+}
+
+}  // namespace tvmlm
