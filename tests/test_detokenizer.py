@@ -13,7 +13,8 @@ import random
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tvmlm.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from tvmlm.detokenizer import (ByteLevelDetokenizer, IncrementalDetokenizer, StopStringMatcher,
+                               TokenBytes, byte_level_bytes)
 
 CORPUS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
@@ -68,15 +69,41 @@ def sentencepiece() -> Tokenizer:
     return tok
 
 
-@pytest.fixture(params=["byte_level", "sentencepiece"])
-def tokenizer(request) -> Tokenizer:
+class ByteTable:
+    """A byte-level tokenizer that the tests stream through ByteLevelDetokenizer (the fast path)
+    instead of the decode-window IncrementalDetokenizer."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.token_bytes = TokenBytes(tok.id_to_token)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def make_detokenizer(tok, prompt=None):
+    if isinstance(tok, ByteTable):
+        return ByteLevelDetokenizer(tok.token_bytes)
+    return IncrementalDetokenizer(tok.decode, prompt_ids=prompt)
+
+
+@pytest.fixture(params=["byte_level", "byte_level_table", "sentencepiece"])
+def tokenizer(request):
+    if request.param == "byte_level_table":
+        return ByteTable(request.getfixturevalue("byte_level"))
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["window", "table"])
+def any_byte_level(request, byte_level):
+    """The byte-level tokenizer through either detokenizer."""
+    return ByteTable(byte_level) if request.param == "table" else byte_level
 
 
 def stream(tok: Tokenizer, ids: list[int], rng: random.Random | None = None,
            prompt: list[int] | None = None) -> tuple[list[str], str]:
     """Feed ids in random-sized groups; return (deltas, flushed tail)."""
-    detok = IncrementalDetokenizer(tok.decode, prompt_ids=prompt)
+    detok = make_detokenizer(tok, prompt)
     deltas, i = [], 0
     while i < len(ids):
         step = rng.randint(1, 4) if rng else 1
@@ -124,14 +151,14 @@ def test_leading_space_after_a_prompt_is_kept(sentencepiece):
     assert without_prompt == "world"  # a text of its own: the decoder drops the leading space
 
 
-def test_random_token_sequences_concatenate_to_decode(byte_level):
+def test_random_token_sequences_concatenate_to_decode(any_byte_level):
     # Arbitrary ids: invalid UTF-8 runs, lone continuation bytes, CJK/emoji pieces.
     rng = random.Random(1234)
-    vocab_size = byte_level.get_vocab_size()
+    vocab_size = any_byte_level.get_vocab_size()
     for _ in range(400):
         ids = [rng.randrange(vocab_size) for _ in range(rng.randint(1, 40))]
-        deltas, tail = stream(byte_level, ids, rng)
-        assert "".join(deltas) + tail == byte_level.decode(ids), ids
+        deltas, tail = stream(any_byte_level, ids, rng)
+        assert "".join(deltas) + tail == any_byte_level.decode(ids), ids
 
 
 def test_random_byte_fallback_sequences_concatenate_to_decode(sentencepiece):
@@ -179,13 +206,35 @@ def test_prompt_context_continues_the_prompt_text(tokenizer):
             assert "".join(deltas) + tail == full[len(head):], (text, split)
 
 
-def test_flush_releases_an_unfinished_character(byte_level):
-    ids = byte_level.encode("😀").ids
+def test_flush_releases_an_unfinished_character(any_byte_level):
+    ids = any_byte_level.encode("😀").ids
     assert len(ids) > 1
-    detok = IncrementalDetokenizer(byte_level.decode)
-    assert detok.add(ids[:1]) == ""
-    assert detok.flush() == byte_level.decode(ids[:1])  # replacement char(s): the bytes were cut
+    detok = make_detokenizer(any_byte_level)
+    assert detok.add(ids[:1]) == "" and detok.pending
+    assert detok.flush() == any_byte_level.decode(ids[:1])  # replacement char(s): the bytes were cut
     assert detok.flush() == "" and detok.add([]) == ""
+
+
+def test_byte_table_matches_decode_with_added_and_special_tokens(byte_level):
+    """Added tokens bypass the byte-level alphabet when they hold characters outside it (raw
+    spaces, non-Latin-1 text); `tokenizers` then decodes them as their own UTF-8."""
+    tok = Tokenizer.from_str(byte_level.to_str())
+    tok.add_special_tokens(["<|im_end|>", "<|tool call|>"])
+    tok.add_tokens(["hello world", "naïve✓", "\t tab", "\u0120x y", "nb\u00a0sp"])
+    table = TokenBytes(tok.id_to_token)
+    rng = random.Random(5)
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    added = list(range(vocab_size - 7, vocab_size))
+    for _ in range(400):
+        ids = [rng.choice(added) if rng.random() < 0.3 else rng.randrange(vocab_size) for _ in range(rng.randint(1, 12))]
+        detok = ByteLevelDetokenizer(table)
+        text = "".join(detok.add([i]) for i in ids) + detok.flush()
+        assert text == tok.decode(ids, skip_special_tokens=False), ids
+    assert table[10**9] == b""  # unknown ids decode to nothing, as in tokenizers
+    assert byte_level_bytes("\u0120hi") == b" hi" and byte_level_bytes("a b") == b"a b"
+    # One raw character outside the alphabet sends the whole token to its UTF-8 (Ġ stays Ġ).
+    assert byte_level_bytes("\u0120a b") == "\u0120a b".encode()
+    assert byte_level_bytes("nb\u00a0sp") == "nb\u00a0sp".encode()
 
 
 # --------------------------------------------------------------------------------------------

@@ -211,6 +211,23 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
     _assert_same_tokenization(mine, _hf_tokenizer(out))
 
 
+def test_smollm2_streams_through_the_byte_table(smollm2):
+    """SmolLM2's byte-level tokenizer takes the fast detokenizer, which decodes random ids (all
+    special tokens included) exactly as transformers does."""
+    import random
+
+    from tvmlm.detokenizer import ByteLevelDetokenizer
+
+    mine, ref, _ = smollm2
+    rng = random.Random(3)
+    for _ in range(300):
+        ids = [rng.randrange(20) if rng.random() < 0.2 else rng.randrange(mine.vocab_size) for _ in range(rng.randint(1, 16))]
+        detok = mine.detokenizer()
+        assert isinstance(detok, ByteLevelDetokenizer)
+        text = "".join(detok.add([i]) for i in ids) + detok.flush()
+        assert text == ref.decode(ids, skip_special_tokens=False), ids
+
+
 def test_smollm2_chat_template_matches_transformers(smollm2):
     mine, ref, _ = smollm2
     _assert_same_chat(mine, ref)

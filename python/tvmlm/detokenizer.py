@@ -1,12 +1,14 @@
 """Streaming text out of streamed token ids: incremental detokenization and stop strings.
 
-`IncrementalDetokenizer` turns token ids into text deltas without ever emitting half a character.
+`IncrementalDetokenizer` turns token ids into text deltas without ever emitting half a character,
+for any tokenizer; `ByteLevelDetokenizer` does the same job faster for byte-level BPE tokenizers.
 `StopStringMatcher` cuts the text at the first stop string and holds back any tail that might still
 become one. The engine chains them: tokens -> detokenizer.add -> matcher.feed -> caller.
 """
 
 from __future__ import annotations
 
+import codecs
 from typing import Callable, Iterable, Sequence
 
 DecodeFn = Callable[[list[int]], str]
@@ -84,6 +86,70 @@ class IncrementalDetokenizer:
         self._ids = self._ids[self._read_offset:]
         self._read_offset = len(self._ids)
         return delta
+
+
+# GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves; the other 68 bytes
+# (controls, space, NBSP, soft hyphen, ...) are written as the characters U+0100..U+0143.
+_PRINTABLE = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+_STAND_INS = [b for b in range(256) if b not in _PRINTABLE]
+# str.translate table taking a token's characters to the Latin-1 characters of their bytes. A raw
+# character among those 68 bytes is not part of the alphabet: it becomes U+FFFF, which Latin-1
+# cannot encode, sending the token down the fallback path as it does in `tokenizers`.
+_TO_LATIN1 = {0x100 + i: b for i, b in enumerate(_STAND_INS)} | {b: 0xFFFF for b in _STAND_INS}
+
+
+def byte_level_bytes(token: str) -> bytes:
+    """The bytes `tokenizers`' ByteLevel decoder makes of one token: each character's byte when
+    all of them are in the byte-level alphabet, else the token's own UTF-8 (added tokens such as
+    "<|im_end|>" or ones with raw spaces)."""
+    try:
+        return token.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        return token.encode()
+
+
+class TokenBytes(dict):
+    """token id -> `byte_level_bytes` of its token, filled on first use: building the whole table
+    (50-150k tokens) would add tens of ms to every engine load. Ids the tokenizer does not know
+    decode to nothing, as in `tokenizers`."""
+
+    def __init__(self, id_to_token: Callable[[int], str | None]) -> None:
+        super().__init__()
+        self._id_to_token = id_to_token
+
+    def __missing__(self, token_id: int) -> bytes:
+        token = self._id_to_token(token_id)
+        piece = byte_level_bytes(token) if token is not None else b""
+        self[token_id] = piece
+        return piece
+
+
+class ByteLevelDetokenizer:
+    """`IncrementalDetokenizer` for byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM).
+
+    Their decoder maps each token to bytes on its own, then the whole byte string to text (lossy
+    UTF-8). So a stream needs no decode window and no prompt context: each token's bytes go through
+    Python's incremental UTF-8 decoder, which holds an unfinished character back by itself. Output
+    equals `tokenizers`' decode of the same ids (the tests compare them on random ids), at a
+    fraction of the per-token cost: one dict lookup and one C call instead of two decodes.
+    """
+
+    def __init__(self, token_bytes: TokenBytes) -> None:
+        self._bytes = token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    @property
+    def pending(self) -> bool:
+        """True when the bytes of an unfinished character are held back."""
+        return bool(self._utf8.getstate()[0])
+
+    def add(self, token_ids: Iterable[int]) -> str:
+        """Append generated tokens; return the text they complete (possibly "")."""
+        return self._utf8.decode(b"".join(map(self._bytes.__getitem__, token_ids)))
+
+    def flush(self) -> str:
+        """Return any held-back bytes as replacement characters (end of generation)."""
+        return self._utf8.decode(b"", True)
 
 
 class StopStringMatcher:

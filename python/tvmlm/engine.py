@@ -28,7 +28,7 @@ from typing import Any
 from . import protocol
 from .api import Chat, Completions
 from .config import MODES, EngineConfig, format_resolved_config, model_kv_dtype, resolve_engine_config
-from .detokenizer import IncrementalDetokenizer, StopStringMatcher
+from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, StopStringMatcher
 from .devices import Device, available_memory, resolve_device
 from .errors import ConfigError, EngineClosedError, ModelError, RequestError, TvmlmError
 from .tokenizer import Tokenizer
@@ -113,7 +113,7 @@ class _Timing:
 class _TextStream:
     """Turns a request's token deltas into text deltas, honoring stop strings."""
 
-    detokenizer: IncrementalDetokenizer
+    detokenizer: IncrementalDetokenizer | ByteLevelDetokenizer
     stops: StopStringMatcher | None
     completion_tokens: int = 0
     prompt_tokens: int = 0
@@ -401,7 +401,7 @@ class Engine:
         request_id, inbox = self._submit(prompt_ids, generation)
         streams = [
             _TextStream(
-                IncrementalDetokenizer(self.tokenizer.decode, prompt_ids),
+                self.tokenizer.detokenizer(prompt_ids),
                 StopStringMatcher(req.stop) if req.stop else None,
             )
             for _ in range(req.n)

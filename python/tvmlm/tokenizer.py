@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import tokenizers
 
 from .chat_template import render_chat_template
+from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, TokenBytes
 
 __all__ = ["Tokenizer"]
 
@@ -69,6 +70,9 @@ class Tokenizer:
         for ids in (gen.get("eos_token_id"), model_cfg.get("eos_token_id"), pkg_meta.get("eos_token_ids")):
             eos_ids += _as_list(ids)
         self.eos_token_ids: list[int] = list(dict.fromkeys(eos_ids))
+        # Byte-level BPE streams through a per-token byte table (detokenizer.py), shared by requests.
+        byte_level = isinstance(self._tok.decoder, tokenizers.decoders.ByteLevel)
+        self._token_bytes = TokenBytes(self._tok.id_to_token) if byte_level else None
 
     @property
     def vocab_size(self) -> int:
@@ -87,6 +91,13 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer | ByteLevelDetokenizer:
+        """A streaming decoder for tokens generated after `prompt_ids` (text deltas that
+        concatenate to `decode` of the generated ids)."""
+        if self._token_bytes is not None:
+            return ByteLevelDetokenizer(self._token_bytes)
+        return IncrementalDetokenizer(self.decode, prompt_ids)
 
     def apply_chat_template(
         self,
