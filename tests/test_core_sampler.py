@@ -25,6 +25,22 @@ def test_greedy_ties_pick_first_maximum_like_torch_argmax():
     assert sample([1.0, 3.0, 3.0, 2.0], temperature=0.0) == [1]
 
 
+@pytest.mark.parametrize("vocab", [1, 15, 16, 511, 512, 513, 49152, 49157])
+def test_greedy_finds_the_first_maximum_anywhere(vocab):
+    """ArgMax works in 512-logit blocks of 16 lanes: maxima at block and lane edges, in the
+    remainder, and ties across blocks all resolve to the first index, as numpy's argmax does."""
+    rng = np.random.default_rng(vocab)
+    positions = {0, vocab - 1, vocab // 2, min(vocab - 1, 511), min(vocab - 1, 512), min(vocab - 1, 15)}
+    for pos in positions:
+        logits = rng.normal(size=vocab).astype(np.float32) - 10
+        logits[pos] = 5.0
+        assert sample(logits, temperature=0.0) == [pos]
+        tie = rng.integers(pos, vocab)  # the same value later: the first one still wins
+        logits[tie] = 5.0
+        assert sample(logits, temperature=0.0) == [int(np.argmax(logits))]
+    assert sample(np.full(vocab, -3.0), temperature=0.0) == [0]
+
+
 def test_top_k_1_is_greedy_even_with_temperature():
     logits = [0.1, 0.5, 0.4, 0.0]
     assert sample(logits, 50, temperature=2.0, top_k=1, seed=3) == [1] * 50
