@@ -22,5 +22,6 @@ def test_bench_smoke(tmp_path):
     assert "tvmlm/transformers" in proc.stdout and "decode, batch 1" in proc.stdout
     # the engine's own per-step cost, measured against the compiled model run alone
     assert peers["tvmlm"]["model_step_ms"] > 0
-    assert 0 <= peers["tvmlm"]["engine_overhead_pct"] < 100
+    # a median of paired ratios: below zero when the engine's cost is under this VM's noise
+    assert -50 < peers["tvmlm"]["engine_overhead_pct"] < 100
     assert "engine overhead per decode step" in proc.stdout
