@@ -36,8 +36,9 @@ from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
 from tvm.script import tirx as T
 
 from . import x86_bf16
-from .fast_math import fast_exp2, reduce_lanes
+from .fast_math import any_greater, fast_exp2, reduce_lanes, with_any_greater
 
+_MAX_SLACK = 8.0  # ragged prefill: how far (log2) scores may exceed the running max (p <= 2**8)
 _SCORE_TILE = 16  # keys per ragged-prefill score tile: one float32x16 vector of scores
 _QUERY_VECTORS = 24  # ragged prefill: query vectors (rows x grouped heads) per task share each key tile
 _MAX_QUERY_ROWS = 8
@@ -215,10 +216,12 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
             T.writes()
             # one sequence's keys, transposed tile by tile: kt[kv head, tile, d, key in tile]. A tile's
             # d rows sit at constant offsets from one base (a row stride of kv_len left 64 row
-            # addresses for LLVM to spill); keys past the sequence's end are 0 (their scores are masked)
-            kt = T.sblock_alloc_buffer((h_kv, (kv_len + TK - 1) // TK, KR, TK), "int32" if bf16_dot else "float32")
+            # addresses for LLVM to spill); keys past the sequence's end are 0 (their scores are masked).
+            # Indexed in int64: an int32 index is sign-extended after the add, which keeps LLVM from
+            # folding a row's constant offset into the address, so it hoisted and spilled 32 of them.
+            kt = T.sblock_alloc_buffer((T.int64(h_kv), T.Cast("int64", (kv_len + TK - 1) // TK), T.int64(KR), T.int64(TK)), "int32" if bf16_dot else "float32")
             if bf16_dot:  # values of a tile as pairs of keys; keys past the end are 0 (p = 0 there)
-                vt = T.sblock_alloc_buffer((h_kv, (kv_len + TK - 1) // TK, KP, d_v), "int32")
+                vt = T.sblock_alloc_buffer((T.int64(h_kv), T.Cast("int64", (kv_len + TK - 1) // TK), T.int64(KP), T.int64(d_v)), "int32")
             for b in T.serial(batch_size):
                 with T.sblock("seq"):
                     T.reads()
@@ -260,6 +263,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                 s = T.sblock_alloc_buffer((RG, TK), "float32")
                                 m = T.sblock_alloc_buffer((RG,), "float32")
                                 l = T.sblock_alloc_buffer((RG,), "float32")
+                                lv = T.sblock_alloc_buffer((RG, TK), "float32")  # per-lane softmax sums
                                 hk: T.let[T.int32] = p % h_kv
                                 pb: T.let[T.int32] = p // h_kv
                                 blk: T.let[T.int32] = T.if_then_else(t == 0, pb, n_blocks - 1 - pb)
@@ -273,41 +277,54 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                         for i, dp in T.grid(RG, KR):
                                             qb[i, dp] = x86_bf16.pair(qf[i, dp * 2], qf[i, dp * 2 + 1])
                                     _start_online_softmax(m, l, acc, RG, d_v)
+                                    for i, j in T.grid(RG, TK):
+                                        lv[i, j] = T.float32(0)
                                     for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
                                         k_start: T.let[T.int32] = tile * TK
+                                        # Three passes over the query vectors, so each pass's iterations are
+                                        # independent and short enough for the CPU to overlap several of them
+                                        # (one long serial body per vector left the dot-product units idle
+                                        # behind each vector's horizontal reductions).
                                         for i in T.serial(RG):
                                             # scores of query vector i against the tile, masked past its last key
                                             row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
                                             if bf16_dot:
                                                 s[i, T.ramp(0, 1, TK)] = T.Select(
                                                     T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                    x86_bf16.dot_chains([(T.broadcast(qb[i, dp], TK), kt.vload([hk, tile, dp, 0], f"int32x{TK}"))
+                                                    x86_bf16.dot_chains([(T.broadcast(qb[i, dp], TK), kt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(dp), T.int64(0)], f"int32x{TK}"))
                                                                          for dp in range(KR)], chains=8),
                                                     T.broadcast(T.float32(-1e30), TK))
                                             else:
                                                 s[i, T.ramp(0, 1, TK)] = T.Select(
                                                     T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                    _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([hk, tile, dd, 0], f"float32x{TK}")
+                                                    _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(dd), T.int64(0)], f"float32x{TK}")
                                                                for dd in range(d_qk)], chains=8),
                                                     T.broadcast(T.float32(-1e30), TK))
-                                            # online softmax (log2 space); the running sums are rescaled only when
-                                            # the running max grows (rare after the first tiles)
-                                            tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
-                                            if tmax > m[i]:
+                                        for i in T.serial(RG):
+                                            # online softmax (log2 space) with a lazy running max: m only has to
+                                            # stay within 2**8 of the scores, so most tiles skip the horizontal
+                                            # max, and the sum l is kept per lane (reduced once at the end)
+                                            row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
+                                            if any_greater(s.vload([i, 0], f"float32x{TK}"), T.broadcast(m[i] + T.float32(_MAX_SLACK), TK)):
+                                                tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
                                                 alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
                                                 m[i] = tmax
-                                                l[i] = l[i] * alpha
+                                                for j in T.vectorized(TK):
+                                                    lv[i, j] = lv[i, j] * alpha
                                                 for dd in T.vectorized(d_v):
                                                     acc[i, dd] = acc[i, dd] * alpha
                                             for j in T.vectorized(TK):
                                                 s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - m[i]), T.float32(0))
-                                            l[i] = l[i] + reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
-                                            # p @ v (keys past the end have p = 0; their index is clamped)
+                                            for j in T.vectorized(TK):
+                                                lv[i, j] = lv[i, j] + s[i, j]
                                             if bf16_dot:
                                                 sp[i, T.ramp(0, 1, KP)] = x86_bf16.pairs16(s.vload([i, 0], f"float32x{TK}"))
+                                        for i in T.serial(RG):
+                                            # p @ v (keys past the end have p = 0; their index is clamped)
+                                            if bf16_dot:
                                                 for c in T.unroll(NV):
                                                     acc[i, T.ramp(c * TK, 1, TK)] = x86_bf16.dot_chains(
-                                                        [(T.broadcast(sp[i, kp], TK), vt.vload([hk, tile, kp, c * TK], f"int32x{TK}"))
+                                                        [(T.broadcast(sp[i, kp], TK), vt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(kp), T.int64(c * TK)], f"int32x{TK}"))
                                                          for kp in range(KP)], chains=2, init=acc.vload([i, c * TK], f"float32x{TK}"))
                                             else:
                                                 for c in T.unroll(d_v // VD):
@@ -316,6 +333,8 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                                         + [T.broadcast(s[i, j], VD) * T.Cast(f"float32x{VD}", v.vload(
                                                             [kv0 + T.min(k_start + j, n_kv - 1), hk, c * VD], f"{dtype}x{VD}"))
                                                            for j in range(TK)])
+                                    for i in T.serial(RG):
+                                        l[i] = reduce_lanes(lv.vload([i, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
                                     for i in T.serial(RG):
                                         if i // G < rows:
                                             if _visible_end(causal, n_kv, n_q, r0 + i // G) > 0:
@@ -327,7 +346,8 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                                     output[q0 + r0 + i // G, hk * G + i % G, dd] = T.Cast(dtype, T.float32(0))
                                                 lse[q0 + r0 + i // G, hk * G + i % G] = T.float32(_NEG)
 
-    return x86_bf16.with_helpers(batch_prefill_ragged_kv) if bf16_dot else batch_prefill_ragged_kv
+    func = with_any_greater(batch_prefill_ragged_kv)
+    return x86_bf16.with_helpers(func) if bf16_dot else func
 
 
 def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16):

@@ -1,9 +1,10 @@
 """Vectorizable math for kernels: float32 exp2 and SiLU (LLVM lowers the vector forms of exp and
-sigmoid to one libm call per lane, which made SiLU * up most of its kernel's time on CPU), and a
-shuffle-tree reduction of a vector's lanes."""
+sigmoid to one libm call per lane, which made SiLU * up most of its kernel's time on CPU), a
+shuffle-tree reduction of a vector's lanes, and a branch on "any lane greater" that needs none."""
 
 from __future__ import annotations
 
+import tvm
 from tvm.script import tirx as T
 
 _LOG2E = 1.4426950408889634
@@ -36,3 +37,29 @@ def reduce_lanes(v, width: int, combine):
         v = combine(T.Shuffle([v], list(range(width))), T.Shuffle([v], list(range(width, 2 * width))))
         width //= 2
     return v
+
+
+# TIR cannot branch on a vector compare cheaply: its bool vectors are byte vectors, and reducing
+# them is a shuffle tree. This LLVM IR (generic: no target features) bitcasts the <16 x i1> compare
+# to an i16 mask, which is kmov + test on AVX-512. Linked into a kernel by `with_any_greater`.
+_ANY_GREATER_IR = r"""
+define internal i32 @tvmlm_any_greater16(<16 x float> %a, <16 x float> %b) #0 {
+  %c = fcmp ogt <16 x float> %a, %b
+  %m = bitcast <16 x i1> %c to i16
+  %r = zext i16 %m to i32
+  ret i32 %r
+}
+attributes #0 = { alwaysinline nounwind }
+"""
+
+
+def any_greater(a, b):
+    """Whether any lane of float32x16 `a` is greater than the same lane of `b` (a kernel using it
+    must go through `with_any_greater`)."""
+    return T.call_pure_extern("int32", "tvmlm_any_greater16", a, b) != 0
+
+
+def with_any_greater(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """`func` with `any_greater`'s LLVM IR linked in (TIR's `pragma_import_llvm` attribute)."""
+    body = tvm.tirx.AttrStmt(tvm.tirx.IntImm("int32", 0), "pragma_import_llvm", tvm.ir.StringImm(_ANY_GREATER_IR), func.body)
+    return func.with_body(body)
