@@ -25,3 +25,23 @@ def test_silu_matches_numpy_including_extremes():
         want = v / (1 + np.exp(-v))
     # exp(-x) is clamped to 2**126: for x below about -88 the result is x * 2**-126 instead of ~0
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_any_greater_tests_every_lane():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def kernel(a: T.Buffer((64, 16), "float32"), b: T.Buffer((64, 16), "float32"), out: T.Buffer((64,), "int32")):
+        for r in T.serial(64):
+            out[r] = T.if_then_else(fast_math.any_greater(a.vload([r, 0], "float32x16"), b.vload([r, 0], "float32x16")), 1, 0)
+
+    lib = tvm.compile(fast_math.with_any_greater(kernel), target="llvm")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((64, 16)).astype("float32")
+    b = a + 1.0  # no lane greater...
+    for r in range(48):  # ...except one lane in most rows, each lane position in turn
+        b[r, r % 16] = a[r, r % 16] - (0.5 if r < 32 else 0.0)  # equal is not greater
+    got = tvm.runtime.tensor(np.zeros(64, "int32"))
+    lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), got)
+    np.testing.assert_array_equal(got.numpy(), (a > b).any(axis=1).astype("int32"))
+    assert got.numpy()[:32].all() and not got.numpy()[32:].any()
