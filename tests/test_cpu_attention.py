@@ -201,7 +201,11 @@ _HOST = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-
 
 @pytest.mark.skipif(not __import__("tvmlm.models.x86_bf16", fromlist=["supported"]).supported(tvm.target.Target(_HOST)),
                     reason="the host CPU has no AVX-512 BF16")
-@pytest.mark.parametrize("h_kv,group,d,qlens,kvlens", [(3, 3, 64, [5, 1, 17, 40], [5, 9, 17, 70]), (2, 4, 32, [300], [300])])
+@pytest.mark.parametrize("h_kv,group,d,qlens,kvlens", [
+    (3, 3, 64, [5, 1, 17, 40], [5, 9, 17, 70]),
+    (2, 4, 32, [300], [300]),
+    (1, 7, 32, [3, 30], [10, 30]),  # 3 rows x 7 heads per task is odd: the passes pair query vectors
+])
 def test_ragged_prefill_bf16_dot_products(h_kv, group, d, qlens, kvlens):
     """The vdpbf16ps kernel computes attention of q, k, v rounded to bfloat16: against float64
     attention of the rounded inputs it differs only by the rounding of p (2**-9 relative)."""

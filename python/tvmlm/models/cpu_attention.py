@@ -128,6 +128,12 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
             lse[row, hk * G + g] = T.float32(_NEG)
 
 
+def tile_row(buf, hk, tile, row: int, col: int, dtype: str):
+    """16 lanes of a transposed tile (kt or vt): buf[hk, tile, row, col:col + 16], indexed in int64
+    (see kt in ragged_prefill_cpu)."""
+    return buf.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(row), T.int64(col)], f"{dtype}x{_SCORE_TILE}")
+
+
 def _visible_end(causal, n_kv, n_q, row):
     """Keys [0, end) that query row `row` may see, of a sequence with n_q new tokens among n_kv
     (causal: the row's own position and before)."""
@@ -164,6 +170,8 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
     G = h_q // h_kv
     TK = _SCORE_TILE
     R = max(1, min(_MAX_QUERY_ROWS, _QUERY_VECTORS // G))  # query rows per task
+    if bf16_dot and R * G % 2:
+        R = R - 1 if R > 1 else 2  # the bf16 passes take query vectors in pairs
     RG = R * G
     VD = _vec_len(d_v)  # lanes of one p @ v output chunk
     scale_log2e = _LOG2E
@@ -285,20 +293,26 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                         # independent and short enough for the CPU to overlap several of them
                                         # (one long serial body per vector left the dot-product units idle
                                         # behind each vector's horizontal reductions).
-                                        for i in T.serial(RG):
-                                            # scores of query vector i against the tile, masked past its last key
-                                            row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
-                                            if bf16_dot:
+                                        if bf16_dot:
+                                            # scores of query vectors i, i + 1 against the tile, masked past their last
+                                            # keys, as one 32-lane expression: each key row is loaded once for both
+                                            for i2 in T.serial(RG // 2):
+                                                i: T.let[T.int32] = i2 * 2
+                                                end0: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
+                                                end1: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + (i + 1) // G) - k_start
+                                                s[i, T.ramp(0, 1, 2 * TK)] = T.Select(  # rows i and i + 1 of s, contiguous
+                                                    x86_bf16.halves(T.ramp(0, 1, TK) < T.broadcast(end0, TK), T.ramp(0, 1, TK) < T.broadcast(end1, TK)),
+                                                    x86_bf16.dot_chains([(x86_bf16.halves(T.broadcast(qb[i, dp], TK), T.broadcast(qb[i + 1, dp], TK)),
+                                                                          x86_bf16.halves(tile_row(kt, hk, tile, dp, 0, "int32"), tile_row(kt, hk, tile, dp, 0, "int32")))
+                                                                         for dp in range(KR)], chains=4, lanes=2 * TK),
+                                                    T.broadcast(T.float32(-1e30), 2 * TK))
+                                        else:
+                                            for i in T.serial(RG):
+                                                # scores of query vector i against the tile, masked past its last key
+                                                row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
                                                 s[i, T.ramp(0, 1, TK)] = T.Select(
                                                     T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                    x86_bf16.dot_chains([(T.broadcast(qb[i, dp], TK), kt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(dp), T.int64(0)], f"int32x{TK}"))
-                                                                         for dp in range(KR)], chains=8),
-                                                    T.broadcast(T.float32(-1e30), TK))
-                                            else:
-                                                s[i, T.ramp(0, 1, TK)] = T.Select(
-                                                    T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
-                                                    _tree_sum([T.broadcast(qf[i, dd], TK) * kt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(dd), T.int64(0)], f"float32x{TK}")
-                                                               for dd in range(d_qk)], chains=8),
+                                                    _tree_sum([T.broadcast(qf[i, dd], TK) * tile_row(kt, hk, tile, dd, 0, "float32") for dd in range(d_qk)], chains=8),
                                                     T.broadcast(T.float32(-1e30), TK))
                                         for i in T.serial(RG):
                                             # online softmax (log2 space) with a lazy running max: m only has to
@@ -319,14 +333,20 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                                 lv[i, j] = lv[i, j] + s[i, j]
                                             if bf16_dot:
                                                 sp[i, T.ramp(0, 1, KP)] = x86_bf16.pairs16(s.vload([i, 0], f"float32x{TK}"))
-                                        for i in T.serial(RG):
-                                            # p @ v (keys past the end have p = 0; their index is clamped)
-                                            if bf16_dot:
+                                        # p @ v (keys past the end have p = 0; their index is clamped)
+                                        if bf16_dot:
+                                            for i2 in T.serial(RG // 2):  # pairs again: each value row loaded once for both
+                                                i: T.let[T.int32] = i2 * 2
                                                 for c in T.unroll(NV):
-                                                    acc[i, T.ramp(c * TK, 1, TK)] = x86_bf16.dot_chains(
-                                                        [(T.broadcast(sp[i, kp], TK), vt.vload([T.Cast("int64", hk), T.Cast("int64", tile), T.int64(kp), T.int64(c * TK)], f"int32x{TK}"))
-                                                         for kp in range(KP)], chains=2, init=acc.vload([i, c * TK], f"float32x{TK}"))
-                                            else:
+                                                    pv: T.let[T.float32x32] = x86_bf16.dot_chains(
+                                                        [(x86_bf16.halves(T.broadcast(sp[i, kp], TK), T.broadcast(sp[i + 1, kp], TK)),
+                                                          x86_bf16.halves(tile_row(vt, hk, tile, kp, c * TK, "int32"), tile_row(vt, hk, tile, kp, c * TK, "int32")))
+                                                         for kp in range(KP)], chains=2, lanes=2 * TK,
+                                                        init=x86_bf16.halves(acc.vload([i, c * TK], f"float32x{TK}"), acc.vload([i + 1, c * TK], f"float32x{TK}")))
+                                                    acc[i, T.ramp(c * TK, 1, TK)] = x86_bf16.half(pv, 0)
+                                                    acc[i + 1, T.ramp(c * TK, 1, TK)] = x86_bf16.half(pv, 1)
+                                        else:
+                                            for i in T.serial(RG):
                                                 for c in T.unroll(d_v // VD):
                                                     acc[i, T.ramp(c * VD, 1, VD)] = _tree_sum(
                                                         [acc.vload([i, c * VD], f"float32x{VD}")]

@@ -25,6 +25,18 @@ define internal <16 x float> @tvmlm_dpbf16(<16 x float> %acc, <16 x i32> %a, <16
   %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x, <32 x bfloat> %y)
   ret <16 x float> %r
 }
+define internal <32 x float> @tvmlm_dpbf16x2(<32 x float> %acc, <32 x i32> %a, <32 x i32> %b) #0 {
+  %acc0 = shufflevector <32 x float> %acc, <32 x float> poison, <16 x i32> <i32 0, i32 1, i32 2, i32 3, i32 4, i32 5, i32 6, i32 7, i32 8, i32 9, i32 10, i32 11, i32 12, i32 13, i32 14, i32 15>
+  %acc1 = shufflevector <32 x float> %acc, <32 x float> poison, <16 x i32> <i32 16, i32 17, i32 18, i32 19, i32 20, i32 21, i32 22, i32 23, i32 24, i32 25, i32 26, i32 27, i32 28, i32 29, i32 30, i32 31>
+  %a0 = shufflevector <32 x i32> %a, <32 x i32> poison, <16 x i32> <i32 0, i32 1, i32 2, i32 3, i32 4, i32 5, i32 6, i32 7, i32 8, i32 9, i32 10, i32 11, i32 12, i32 13, i32 14, i32 15>
+  %a1 = shufflevector <32 x i32> %a, <32 x i32> poison, <16 x i32> <i32 16, i32 17, i32 18, i32 19, i32 20, i32 21, i32 22, i32 23, i32 24, i32 25, i32 26, i32 27, i32 28, i32 29, i32 30, i32 31>
+  %b0 = shufflevector <32 x i32> %b, <32 x i32> poison, <16 x i32> <i32 0, i32 1, i32 2, i32 3, i32 4, i32 5, i32 6, i32 7, i32 8, i32 9, i32 10, i32 11, i32 12, i32 13, i32 14, i32 15>
+  %b1 = shufflevector <32 x i32> %b, <32 x i32> poison, <16 x i32> <i32 16, i32 17, i32 18, i32 19, i32 20, i32 21, i32 22, i32 23, i32 24, i32 25, i32 26, i32 27, i32 28, i32 29, i32 30, i32 31>
+  %r0 = call <16 x float> @tvmlm_dpbf16(<16 x float> %acc0, <16 x i32> %a0, <16 x i32> %b0)
+  %r1 = call <16 x float> @tvmlm_dpbf16(<16 x float> %acc1, <16 x i32> %a1, <16 x i32> %b1)
+  %r = shufflevector <16 x float> %r0, <16 x float> %r1, <32 x i32> <i32 0, i32 1, i32 2, i32 3, i32 4, i32 5, i32 6, i32 7, i32 8, i32 9, i32 10, i32 11, i32 12, i32 13, i32 14, i32 15, i32 16, i32 17, i32 18, i32 19, i32 20, i32 21, i32 22, i32 23, i32 24, i32 25, i32 26, i32 27, i32 28, i32 29, i32 30, i32 31>
+  ret <32 x float> %r
+}
 define internal <8 x i32> @tvmlm_bf16_pairs(<16 x float> %v) #0 {
   %h = call <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float> %v)
   %r = bitcast <16 x bfloat> %h to <8 x i32>
@@ -47,20 +59,34 @@ def supported(target: tvm.target.Target) -> bool:
     return llvm_has(target, "avx512f", "avx512bf16")
 
 
-def dot(acc, a, b):
-    """acc (float32x16) + per lane: a.lo * b.lo + a.hi * b.hi, for int32x16 `a`, `b` holding bfloat16 pairs."""
+def dot(acc, a, b, lanes: int = LANES):
+    """acc (float32x16) + per lane: a.lo * b.lo + a.hi * b.hi, for int32x16 `a`, `b` holding bfloat16 pairs.
+    With `lanes` = 32 (float32x32, int32x32) it is two instructions on the two 16-lane halves."""
+    if lanes == 2 * LANES:
+        return T.call_pure_extern(f"float32x{lanes}", "tvmlm_dpbf16x2", acc, a, b)
     return T.call_pure_extern("float32x16", "tvmlm_dpbf16", acc, a, b)
 
 
-def dot_chains(pairs: list, chains: int, init=None):
+def halves(lo, hi):
+    """One 32-lane vector of two 16-lane ones (lo in lanes 0-15): two rows computed together, so
+    that an operand both share (`halves(row, row)`) is loaded into a register once."""
+    return T.Shuffle([lo, hi], list(range(2 * LANES)))
+
+
+def half(v, which: int):
+    """Lanes 0-15 (which = 0) or 16-31 (which = 1) of a 32-lane vector."""
+    return T.Shuffle([v], list(range(which * LANES, (which + 1) * LANES)))
+
+
+def dot_chains(pairs: list, chains: int, init=None, lanes: int = LANES):
     """init (or 0) + the sum of dot(a, b) over `pairs` of (a, b), in `chains` independent
-    accumulators (the instruction's latency is several cycles) added at the end."""
-    zero = T.broadcast(T.float32(0), LANES)
+    accumulators (the instruction's latency is several cycles) added at the end; `lanes` 16 or 32."""
+    zero = T.broadcast(T.float32(0), lanes)
     sums = []
     for c in range(min(chains, len(pairs))):
         acc = init if c == 0 and init is not None else zero
         for a, b in pairs[c::chains]:
-            acc = dot(acc, a, b)
+            acc = dot(acc, a, b, lanes)
         sums.append(acc)
     while len(sums) > 1:
         sums = [sums[i] + sums[i + 1] if i + 1 < len(sums) else sums[i] for i in range(0, len(sums), 2)]
