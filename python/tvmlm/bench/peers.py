@@ -240,9 +240,13 @@ def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, 
         # context length, in alternating order so that this VM's drifting neighbour noise (+-20%
         # over seconds) hits both sides alike; per round the ratio of the two medians, and the
         # median ratio counts.
+        # Each round has a prompt of its own: a repeated one would be a prefix-cache hit for the
+        # engine only (its forked sequence decodes through extra attention passes), which is not
+        # the engine's per-step cost.
         ratios, model_steps = [], []
-        prompt, steps = _prompt(32, peer.vocab, 3), min(decode_tokens, 48)
+        steps = min(decode_tokens, 48)
         for r in range(OVERHEAD_ROUNDS):
+            prompt = _prompt(32, peer.vocab, 1000 + r)
             if r % 2:
                 peer.generate(prompt, steps)
                 model_step = peer.model_step_seconds(prompt, steps)
