@@ -22,7 +22,8 @@ from typing import Any
 #: Paired rounds behind the engine-overhead figure (about 0.8 s each for SmolLM2 on 2 cores; the
 #: median of 15 still moved by +-1.5 points between runs).
 OVERHEAD_ROUNDS = 31
-#: Batch-1 decode runs per peer; the median counts (one run read 121 and 150 tok/s for one engine).
+#: Batch-1 decode and prefill runs per peer; the median counts (one run read 121 and 150 tok/s
+#: for one engine).
 DECODE_RUNS = 3
 
 
@@ -228,8 +229,9 @@ def run(peer_name: str, model: str, prompt_lens: list[int], decode_tokens: int, 
     out: dict[str, Any] = {"peer": peer_name, "load_cold_s": peer.load_cold, "load_warm_s": peer.load_warm}
     peer.first_token_seconds(_prompt(16, peer.vocab))  # warm-up
     out["ttft_128_s"] = peer.first_token_seconds(_prompt(128, peer.vocab, 1))
-    for n in prompt_lens:
-        out[f"prefill_{n}_tok_s"] = n / peer.first_token_seconds(_prompt(n, peer.vocab, 2))
+    for n in prompt_lens:  # median of three: one prefill is a single burst of a few seconds
+        seconds = statistics.median(peer.first_token_seconds(_prompt(n, peer.vocab, 2 + 10 * k)) for k in range(DECODE_RUNS))
+        out[f"prefill_{n}_tok_s"] = n / seconds
     rates = []
     for _ in range(DECODE_RUNS):
         first, total, n = peer.generate(_prompt(32, peer.vocab, 3), decode_tokens)
