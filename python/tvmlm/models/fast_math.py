@@ -7,6 +7,8 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from .cpu_features import link_llvm_ir
+
 _LOG2E = 1.4426950408889634
 
 
@@ -60,6 +62,5 @@ def any_greater(a, b):
 
 
 def with_any_greater(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """`func` with `any_greater`'s LLVM IR linked in (TIR's `pragma_import_llvm` attribute)."""
-    body = tvm.tirx.AttrStmt(tvm.tirx.IntImm("int32", 0), "pragma_import_llvm", tvm.ir.StringImm(_ANY_GREATER_IR), func.body)
-    return func.with_body(body)
+    """`func` with `any_greater`'s LLVM IR linked in."""
+    return link_llvm_ir(func, _ANY_GREATER_IR)

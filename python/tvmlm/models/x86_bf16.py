@@ -14,7 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .cpu_features import llvm_has
+from .cpu_features import link_llvm_ir, llvm_has
 
 LANES = 16  # float32 lanes of one 512-bit register
 
@@ -49,9 +49,8 @@ attributes #0 = { alwaysinline nounwind "target-features"="+avx512f,+avx512bf16"
 
 
 def with_helpers(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """`func` with this module's LLVM IR linked in (its codegen visits the attribute first)."""
-    body = tvm.tirx.AttrStmt(tvm.tirx.IntImm("int32", 0), "pragma_import_llvm", tvm.ir.StringImm(LLVM_IR), func.body)
-    return func.with_body(body)
+    """`func` with this module's LLVM IR linked in."""
+    return link_llvm_ir(func, LLVM_IR)
 
 
 def supported(target: tvm.target.Target) -> bool:
