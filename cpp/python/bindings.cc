@@ -179,14 +179,26 @@ PyStructSequence_Desc kDeltaDesc = {"tvmlm._core.Delta", "One request's new outp
                                     kDeltaFields, 7};
 PyTypeObject* delta_type = nullptr;  // made at module import
 
+// None while running, else "stop" / "length" / "abort" / "error": one str object per reason, made
+// once and never freed (a static py::object would be released after the interpreter).
+py::object FinishReasonOrNone(const RequestDelta& d) {
+  static const py::object* reasons = [] {
+    auto* r = new py::object[5];
+    for (FinishReason f : {FinishReason::kStop, FinishReason::kLength, FinishReason::kAbort,
+                           FinishReason::kError}) {
+      r[static_cast<int>(f)] = py::str(FinishReasonName(f));
+    }
+    r[static_cast<int>(FinishReason::kNotFinished)] = py::none();
+    return r;
+  }();
+  return reasons[static_cast<int>(d.finish_reason)];
+}
+
 py::object ToPythonDelta(const RequestDelta& d) {
-  // Made once and never freed: a static py::object would be released after the interpreter.
-  static const py::object* reasons = new py::object[5]{
-      py::none(), py::str("stop"), py::str("length"), py::str("abort"), py::str("error")};
   py::object out = py::reinterpret_steal<py::object>(PyStructSequence_New(delta_type));
   if (!out) throw py::error_already_set();
   py::object values[] = {py::int_(d.index), py::cast(d.token_ids),
-                         reasons[static_cast<int>(d.finish_reason)], py::str(d.error),
+                         FinishReasonOrNone(d), py::str(d.error),
                          py::int_(d.prompt_tokens), py::int_(d.completion_tokens),
                          py::int_(d.cached_prompt_tokens)};
   for (Py_ssize_t i = 0; i < 7; ++i) PyStructSequence_SetItem(out.ptr(), i, values[i].release().ptr());
@@ -209,11 +221,6 @@ py::list TakeDeltas(DeltaInbox& inbox) {
     }
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
   }
-}
-
-py::object FinishReasonOrNone(const RequestDelta& d) {
-  if (d.finish_reason == FinishReason::kNotFinished) return py::none();
-  return py::str(FinishReasonName(d.finish_reason));
 }
 
 }  // namespace
