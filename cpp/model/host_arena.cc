@@ -24,16 +24,16 @@ struct ArenaView {
 }  // namespace
 
 HostArena::HostArena(size_t bytes) {
-  size_ = RoundUp(bytes == 0 ? 1 : bytes, kHugePage);
+  const size_t size = RoundUp(bytes == 0 ? 1 : bytes, kHugePage);
   // One extra huge page of slack so the start can be aligned to 2 MiB (huge pages only back
   // aligned 2 MiB ranges).
-  mapped_ = size_ + kHugePage;
+  mapped_ = size + kHugePage;
   mapping_ = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapping_ == MAP_FAILED) throw std::bad_alloc();
   auto start = reinterpret_cast<uintptr_t>(mapping_);
   data_ = reinterpret_cast<char*>(RoundUp(start, kHugePage));
 #ifdef MADV_HUGEPAGE
-  huge_pages_ = madvise(data_, size_, MADV_HUGEPAGE) == 0;
+  madvise(data_, size, MADV_HUGEPAGE);  // advice: refused (THP "never"), it is plain 4 KiB pages
 #endif
 }
 

@@ -22,16 +22,11 @@ class HostArena {
   HostArena& operator=(const HostArena&) = delete;
 
   char* data() const { return data_; }
-  size_t size() const { return size_; }
-  /*! \brief Whether the kernel accepted the huge-page advice. */
-  bool huge_pages() const { return huge_pages_; }
 
  private:
   char* data_ = nullptr;
-  size_t size_ = 0;
   size_t mapped_ = 0;
   void* mapping_ = nullptr;
-  bool huge_pages_ = false;
 };
 
 /*!
