@@ -472,6 +472,38 @@ def test_router_sorts_deltas_into_inboxes(pkg, reference):
             t.join(timeout=30)
 
 
+def test_router_inbox_without_stream_wakes_per_finished_choice(pkg, reference):
+    router = _core.DeltaRouter()
+    e = _core.ThreadedEngine()
+    e.init("cpu:0", router)
+    threads = [threading.Thread(target=e.run_background_loop), threading.Thread(target=e.run_background_stream_back_loop)]
+    for t in threads:
+        t.start()
+    try:
+        e.reload(json.dumps({"model": str(pkg), "max_num_sequence": 4, "max_total_sequence_length": 1024,
+                             "prefill_chunk_size": 256}))
+        p = prompts(1, seed=6)[0]
+        inbox = router.open("r", 2, stream=False)
+        e.add_request("r", p, json.dumps({"max_tokens": 7, "temperature": 0.0, "n": 2}))
+        takes, deltas = 0, {0: [], 1: []}
+        while not all(ds and ds[-1].finish_reason for ds in deltas.values()):
+            got = inbox.take()
+            takes += 1
+            assert any(d.finish_reason for d in got)  # woken for a finished choice only
+            for d in got:
+                deltas[d.index].append(d)
+        assert takes <= 2
+        for ds in deltas.values():
+            # one delta per choice, or a merged partial taken along with the other choice's end
+            assert len(ds) <= 2 and ds[-1].finish_reason == "length"
+            assert [t for d in ds for t in d.token_ids] == reference(p, 7)
+            assert ds[-1].completion_tokens == 7 and ds[-1].prompt_tokens == len(p)
+    finally:
+        e.exit_background_loop()
+        for t in threads:
+            t.join(timeout=30)
+
+
 def test_router_close_wakes_waiters_and_discard_forgets():
     router = _core.DeltaRouter()
     inbox = router.open("a", 2)

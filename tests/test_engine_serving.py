@@ -68,11 +68,15 @@ def test_usage_reports_latency_and_cached_prompt_tokens(tiny_engine):
     kw = dict(max_tokens=4, **GREEDY)
     tiny_engine.chat.completions.create(messages=[{"role": "system", "content": system},
                                                  {"role": "user", "content": "Hi"}], **kw)
+    t0 = time.perf_counter()
     r = tiny_engine.chat.completions.create(messages=[{"role": "system", "content": system},
                                                      {"role": "user", "content": "Bye"}], **kw)
+    wall = time.perf_counter() - t0
     extra = r.usage.extra
     assert r.usage.prompt_tokens - 24 <= extra["cached_prompt_tokens"] < r.usage.prompt_tokens
     assert extra["time_to_first_token_s"] > 0 and extra["inter_token_latency_s"] > 0
+    # the engine's timings fit inside the call that waited for them
+    assert extra["time_to_first_token_s"] + (r.usage.completion_tokens - 1) * extra["inter_token_latency_s"] < wall
 
 
 def test_hundred_streams_half_aborted_leak_nothing(engine):

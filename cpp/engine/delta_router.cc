@@ -1,5 +1,6 @@
 #include "engine/delta_router.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 
@@ -7,9 +8,11 @@ namespace tvmlm {
 
 std::vector<RequestDelta> DeltaInbox::Take(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [this] { return !pending_.empty() || closed_; });
+  auto ready = [this] { return (stream_ ? !pending_.empty() : pending_finals_ > 0) || closed_; };
+  if (!cv_.wait_for(lock, timeout, ready)) return {};  // without stream, merged steps stay pending
   std::vector<RequestDelta> out;
   out.swap(pending_);
+  pending_finals_ = 0;
   return out;
 }
 
@@ -18,12 +21,41 @@ bool DeltaInbox::closed() {
   return closed_;
 }
 
+// Appends `step` (a later delta of the same choice) to `merged`.
+static void MergeDelta(RequestDelta* merged, RequestDelta&& step) {
+  merged->token_ids.insert(merged->token_ids.end(), step.token_ids.begin(), step.token_ids.end());
+  merged->finish_reason = step.finish_reason;
+  merged->error = std::move(step.error);
+  merged->prompt_tokens = step.prompt_tokens;
+  merged->completion_tokens = step.completion_tokens;
+  merged->cached_prompt_tokens = step.cached_prompt_tokens;
+  merged->time_to_first_token = step.time_to_first_token;
+  merged->inter_token_latency = step.inter_token_latency;
+}
+
 void DeltaInbox::Push(std::vector<RequestDelta>* deltas) {
+  bool wake = stream_;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (RequestDelta& d : *deltas) pending_.push_back(std::move(d));
+    for (RequestDelta& d : *deltas) {
+      if (!stream_) {
+        bool final = d.finish_reason != FinishReason::kNotFinished;
+        pending_finals_ += final;
+        wake = wake || final;
+        // A choice has at most one unfinished pending delta: the one to extend.
+        auto same_choice = [&d](const RequestDelta& p) {
+          return p.index == d.index && p.finish_reason == FinishReason::kNotFinished;
+        };
+        auto it = std::find_if(pending_.begin(), pending_.end(), same_choice);
+        if (it != pending_.end()) {
+          MergeDelta(&*it, std::move(d));
+          continue;
+        }
+      }
+      pending_.push_back(std::move(d));
+    }
   }
-  cv_.notify_all();
+  if (wake) cv_.notify_all();
 }
 
 void DeltaInbox::Close() {
@@ -34,8 +66,8 @@ void DeltaInbox::Close() {
   cv_.notify_all();
 }
 
-std::shared_ptr<DeltaInbox> DeltaRouter::Open(const std::string& request_id, int64_t choices) {
-  auto inbox = std::make_shared<DeltaInbox>();
+std::shared_ptr<DeltaInbox> DeltaRouter::Open(const std::string& request_id, int64_t choices, bool stream) {
+  auto inbox = std::make_shared<DeltaInbox>(stream);
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) {
     inbox->Close();

@@ -5,7 +5,9 @@
 //                                    └──> inbox of request B ──> Take() on B's caller thread
 //
 // Routing is plain C++, so the stream-back loop delivers without the GIL, and a waiting caller
-// wakes once per batch of deltas instead of twice (callback thread, then caller).
+// wakes once per batch of deltas instead of twice (callback thread, then caller). A caller that
+// wants whole results (not streaming) opens its inbox with stream=false: it wakes only when a
+// choice finishes, and gets each choice's steps merged into one delta.
 #ifndef TVMLM_ENGINE_DELTA_ROUTER_H_
 #define TVMLM_ENGINE_DELTA_ROUTER_H_
 
@@ -25,9 +27,12 @@ namespace tvmlm {
 /*! \brief The deltas of one request, in order. Shared by the router and the request's caller. */
 class DeltaInbox {
  public:
+  explicit DeltaInbox(bool stream = true) : stream_(stream) {}
+
   /*!
-   * \brief Wait up to `timeout` for deltas; return every pending one. An empty result means
-   * nothing arrived in time, or (closed() is then true) the router closed with nothing pending.
+   * \brief Wait up to `timeout` for deltas (without stream: for a final delta); return every
+   * pending one. An empty result means nothing arrived in time, or (closed() is then true) the
+   * router closed with nothing pending.
    */
   std::vector<RequestDelta> Take(std::chrono::milliseconds timeout);
   /*! \brief The router closed this inbox: no delta will arrive after the pending ones. */
@@ -40,7 +45,9 @@ class DeltaInbox {
 
   std::mutex mu_;
   std::condition_variable cv_;
+  const bool stream_;
   std::vector<RequestDelta> pending_;
+  int64_t pending_finals_ = 0;
   bool closed_ = false;
 };
 
@@ -48,9 +55,11 @@ class DeltaRouter {
  public:
   /*!
    * \brief Start routing `request_id`'s deltas to a new inbox, until each of its `choices` has had
-   * its final delta. Call before the request is added, so no delta can come first.
+   * its final delta. Call before the request is added, so no delta can come first. Without
+   * `stream`, the inbox merges each choice's deltas and wakes its caller only for final ones:
+   * one wake-up per choice instead of one per step.
    */
-  std::shared_ptr<DeltaInbox> Open(const std::string& request_id, int64_t choices);
+  std::shared_ptr<DeltaInbox> Open(const std::string& request_id, int64_t choices, bool stream = true);
   /*! \brief Stop routing `request_id` (its request was never added). */
   void Discard(const std::string& request_id);
   /*! \brief The stream callback: hand each delta to its request's inbox (unknown ids dropped). */

@@ -174,9 +174,12 @@ PyStructSequence_Field kDeltaFields[] = {
     {"prompt_tokens", nullptr},
     {"completion_tokens", "tokens generated so far, a stopping token included"},
     {"cached_prompt_tokens", "prompt tokens whose KV came from the prefix cache"},
+    {"time_to_first_token", "final delta only: s from add_request to the first token (0 if none)"},
+    {"inter_token_latency", "final delta only: mean s between later tokens (0 if under two)"},
     {nullptr, nullptr}};
+constexpr int kDeltaFieldCount = 9;
 PyStructSequence_Desc kDeltaDesc = {"tvmlm._core.Delta", "One request's new output (DeltaInbox.take).",
-                                    kDeltaFields, 7};
+                                    kDeltaFields, kDeltaFieldCount};
 PyTypeObject* delta_type = nullptr;  // made at module import
 
 // None while running, else "stop" / "length" / "abort" / "error": one str object per reason, made
@@ -200,8 +203,9 @@ py::object ToPythonDelta(const RequestDelta& d) {
   py::object values[] = {py::int_(d.index), py::cast(d.token_ids),
                          FinishReasonOrNone(d), py::str(d.error),
                          py::int_(d.prompt_tokens), py::int_(d.completion_tokens),
-                         py::int_(d.cached_prompt_tokens)};
-  for (Py_ssize_t i = 0; i < 7; ++i) PyStructSequence_SetItem(out.ptr(), i, values[i].release().ptr());
+                         py::int_(d.cached_prompt_tokens), py::float_(d.time_to_first_token),
+                         py::float_(d.inter_token_latency)};
+  for (Py_ssize_t i = 0; i < kDeltaFieldCount; ++i) PyStructSequence_SetItem(out.ptr(), i, values[i].release().ptr());
   return out;
 }
 
@@ -280,8 +284,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<DeltaRouter, std::shared_ptr<DeltaRouter>>(m, "DeltaRouter")
       .def(py::init<>())
-      .def("open", &DeltaRouter::Open, py::arg("request_id"), py::arg("choices"),
-           "An inbox for the request's deltas; call before add_request.")
+      .def("open", &DeltaRouter::Open, py::arg("request_id"), py::arg("choices"), py::arg("stream") = true,
+           "An inbox for the request's deltas; call before add_request. stream=False: the inbox "
+           "wakes its caller only for final deltas and merges each choice's steps into one delta.")
       .def("discard", &DeltaRouter::Discard, py::arg("request_id"))
       .def("close", &DeltaRouter::Close, release())
       .def_property_readonly("open_requests", &DeltaRouter::open_requests);

@@ -21,7 +21,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class _Delta:
     completion_tokens: int = 0
     index: int = 0
     cached_prompt_tokens: int = 0
+    time_to_first_token: float = 0.0
+    inter_token_latency: float = 0.0
 
 
 @dataclass
@@ -80,32 +82,31 @@ class _Output:
 
 @dataclass
 class _Timing:
-    """Per-request latencies as the caller sees them (usage.extra)."""
+    """Per-request latencies for usage.extra, from the core's final delta of each choice (so a
+    streaming caller pays nothing per token for them)."""
 
-    start: float = field(default_factory=time.perf_counter)
-    first: float | None = None
-    last: float = 0.0
-    first_tokens: int = 0
-    tokens: int = 0
+    first_token_s: float | None = None
+    later_tokens: int = 0
+    later_seconds: float = 0.0
     cached_prompt_tokens: int = 0
 
     def saw(self, delta: _Delta) -> None:
-        self.cached_prompt_tokens = max(self.cached_prompt_tokens, delta.cached_prompt_tokens)
-        if not delta.token_ids:
+        if delta.finish_reason is None:
             return
-        now = time.perf_counter()
-        if self.first is None:
-            self.first, self.first_tokens = now, len(delta.token_ids)
-        self.last = now
-        self.tokens += len(delta.token_ids)
+        self.cached_prompt_tokens = max(self.cached_prompt_tokens, delta.cached_prompt_tokens)
+        if delta.time_to_first_token > 0:
+            self.first_token_s = min(self.first_token_s or delta.time_to_first_token, delta.time_to_first_token)
+        later = delta.completion_tokens - 1
+        if later > 0 and delta.inter_token_latency > 0:
+            self.later_tokens += later
+            self.later_seconds += later * delta.inter_token_latency
 
     def usage_extra(self) -> dict[str, Any]:
-        """time_to_first_token_s, inter_token_latency_s (mean gap per token after the first
-        delivery, over all choices), cached_prompt_tokens (prefix cache hit)."""
-        ttft = (self.first - self.start) if self.first is not None else None
-        later = self.tokens - self.first_tokens
-        itl = (self.last - self.first) / later if self.first is not None and later > 0 else None
-        return {"time_to_first_token_s": ttft, "inter_token_latency_s": itl,
+        """time_to_first_token_s (add_request to the first sampled token, the earliest choice),
+        inter_token_latency_s (mean gap between later tokens, over all choices),
+        cached_prompt_tokens (prefix cache hit)."""
+        itl = self.later_seconds / self.later_tokens if self.later_tokens else None
+        return {"time_to_first_token_s": self.first_token_s, "inter_token_latency_s": itl,
                 "cached_prompt_tokens": self.cached_prompt_tokens}
 
 
@@ -317,8 +318,9 @@ class Engine:
         if self._closed:
             raise EngineClosedError("this Engine has been terminated; create a new Engine")
 
-    def _submit(self, prompt_ids: list[int], generation: dict[str, Any]) -> tuple[str, Any]:
-        """Validate what the core would reject late, queue the request; (request id, its inbox)."""
+    def _submit(self, prompt_ids: list[int], generation: dict[str, Any], stream: bool = True) -> tuple[str, Any]:
+        """Validate what the core would reject late, queue the request; (request id, its inbox).
+        Without `stream` the inbox delivers each choice whole, when it finishes (one wake-up)."""
         self._check_open()
         context = int(self.metadata["context_window_size"])
         if len(prompt_ids) == 0:
@@ -346,7 +348,7 @@ class Engine:
                 "decoded together; lower n or raise max_num_sequence in EngineConfig"
             )
         request_id = uuid.uuid4().hex
-        inbox = self._router.open(request_id, n)  # before the add: no delta can come first
+        inbox = self._router.open(request_id, n, stream)  # before the add: no delta can come first
         self._counters["requests"] += 1
         try:
             self._core.add_request(request_id, list(prompt_ids), json.dumps(generation))
@@ -398,7 +400,7 @@ class Engine:
             defaults=self.sampling_defaults,
         )
         timing = _Timing()
-        request_id, inbox = self._submit(prompt_ids, generation)
+        request_id, inbox = self._submit(prompt_ids, generation, stream=req.stream)
         streams = [
             _TextStream(
                 self.tokenizer.detokenizer(prompt_ids),
