@@ -217,8 +217,11 @@ def test_stop_string_is_excluded(tiny_engine):
     full = tiny_engine.completions.create(prompt="the cat", max_tokens=24, ignore_eos=True, **GREEDY).choices[0].text
     stop = full[5:8]
     assert stop, "generated text too short for this test"
+    generated = tiny_engine.metrics()["generated_tokens"]
     cut = tiny_engine.completions.create(prompt="the cat", max_tokens=24, stop=[stop], ignore_eos=True, **GREEDY)
     assert cut.choices[0].finish_reason == "stop"
+    # the core stops soon after the stop string, even when the caller waits for the whole result
+    assert tiny_engine.metrics()["generated_tokens"] - generated <= 16
     assert cut.choices[0].text == full[: full.index(stop)]
     streamed = "".join(
         c.choices[0].text

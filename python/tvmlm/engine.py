@@ -400,7 +400,8 @@ class Engine:
             defaults=self.sampling_defaults,
         )
         timing = _Timing()
-        request_id, inbox = self._submit(prompt_ids, generation, stream=req.stream)
+        # Stop strings are matched here, on text: they need every step, to abort the core in time.
+        request_id, inbox = self._submit(prompt_ids, generation, stream=req.stream or bool(req.stop))
         streams = [
             _TextStream(
                 self.tokenizer.detokenizer(prompt_ids),
