@@ -130,6 +130,32 @@ def test_prefix_cache_skips_the_shared_system_prompt(harness):
     assert m_off["kv_pages_used"] == 0 and m_on["kv_pages_used"] > 0
 
 
+def test_a_continued_chat_takes_its_cached_sequence_over(harness, alone):
+    # Each turn extends the previous prompt + answer: the cached sequence continues as the new
+    # request's own (no fork, so decode attends one block), dropping at most a page of tokens the
+    # new prompt does not share. A request sharing only the start forks, keeping the entry.
+    rng = np.random.default_rng(7)
+    h = harness()
+    turn = rng.integers(3, VOCAB, size=100).tolist()
+    h.add("t1", turn, max_tokens=8)
+    answer = h.collect(["t1"])["t1"].tokens
+    assert answer == alone(turn, 8)
+    # the cache holds turn + answer[:-1]: the next prompt extends it exactly, then drops 5 of it
+    for k, drop in enumerate((0, 5), start=2):
+        cached = turn + answer[:-1]
+        turn = cached[: len(cached) - drop] + rng.integers(3, VOCAB, size=20).tolist()
+        h.add(f"t{k}", turn, max_tokens=8)
+        answer = h.collect([f"t{k}"])[f"t{k}"].tokens
+        assert answer == alone(turn, 8)
+        m = metrics(h)
+        assert m["prefix_takeovers"] == k - 1 and m["prefix_cache_sequences"] == 1
+    other = turn[:60] + rng.integers(3, VOCAB, size=10).tolist()
+    h.add("other", other, max_tokens=8)
+    assert h.collect(["other"])["other"].tokens == alone(other, 8)
+    m = metrics(h)
+    assert m["prefix_takeovers"] == 2 and m["prefix_cache_sequences"] == 2
+
+
 def test_prefix_cache_is_bounded_and_evicted_for_room(harness, alone):
     # 3 sequences may be cached; a KV budget of 1024 tokens forces eviction of cached prefixes
     # before a long request fits. Results stay exact.

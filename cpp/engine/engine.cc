@@ -105,6 +105,7 @@ std::string MetricsJSON(const std::string& model, const MetricsSnapshot& snapsho
   set("prefix_cache_sequences", snapshot.prefix_cache_sequences);
   set("prefix_cache_tokens", snapshot.prefix_cache_tokens);
   set("prefix_hit_tokens", m.prefix_hit_tokens);
+  set("prefix_takeovers", m.prefix_takeovers);
   // Of all KV tokens the engine needed, the share forked rather than computed.
   set("prefix_hit_rate", rate(static_cast<double>(m.prefix_hit_tokens),
                               static_cast<double>(m.prefix_hit_tokens + m.prefill_tokens)));

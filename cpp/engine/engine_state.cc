@@ -114,14 +114,19 @@ PrefixMatch EngineState::FindPrefix(const Request& r) const {
   for (const PrefixCache::Entry& e : prefix_cache.entries()) {
     auto tok = [&e](int64_t i) { return e.tokens[i]; };
     int64_t len = CommonPrefix(r, limit, tok, static_cast<int64_t>(e.tokens.size()));
-    if (len > best.length) best = {e.seq_id, len, true};
+    if (len > best.length) {
+      // An entry the request extends (the earlier turns of its chat) is taken over, not forked,
+      // when at most a page of it is dropped: that much is what a fork would copy anyway.
+      int64_t pop = static_cast<int64_t>(e.tokens.size()) - len;
+      best = {e.seq_id, len, true, pop <= kv.page_size(), pop};
+    }
   }
   for (const RequestPtr& other : running) {
     if (other->seq_id < 0) continue;
     const Request* o = other.get();
     auto tok = [o](int64_t i) { return o->token_at(i); };
     int64_t len = CommonPrefix(r, limit, tok, o->num_computed);
-    if (len > best.length) best = {o->seq_id, len, false};
+    if (len > best.length) best = {o->seq_id, len, false, false, 0};
   }
   // Below a page, a fork saves less than the page it copies.
   if (best.length < kv.page_size()) return PrefixMatch();
@@ -129,11 +134,18 @@ PrefixMatch EngineState::FindPrefix(const Request& r) const {
 }
 
 void EngineState::Admit(Request* request, const PrefixMatch& match) {
-  int64_t seq_id = next_seq_id_++;
-  if (match.seq_id >= 0) {
+  int64_t seq_id;
+  if (match.take_over) {
+    if (match.pop > 0) model_->PopN(match.seq_id, match.pop);
+    prefix_cache.Release(match.seq_id);
+    seq_id = match.seq_id;
+    metrics.prefix_takeovers += 1;
+  } else if (match.seq_id >= 0) {
+    seq_id = next_seq_id_++;
     model_->ForkSequence(match.seq_id, seq_id, match.length);
     if (match.from_cache) prefix_cache.Touch(match.seq_id);
   } else {
+    seq_id = next_seq_id_++;
     model_->AddSequence(seq_id);
   }
   request->seq_id = seq_id;

@@ -33,8 +33,10 @@ struct EngineMetrics {
   int64_t decode_tokens = 0;
   double decode_seconds = 0.0;
   int64_t preemptions = 0;
-  /*! \brief Tokens whose KV an admission forked instead of computing. */
+  /*! \brief Tokens whose KV an admission forked (or took over) instead of computing. */
   int64_t prefix_hit_tokens = 0;
+  /*! \brief Admissions that took over a cached sequence instead of forking it. */
+  int64_t prefix_takeovers = 0;
   // Latencies of finished choices that produced tokens (seconds).
   int64_t ttft_count = 0;
   double ttft_sum = 0.0, ttft_max = 0.0;
@@ -49,6 +51,13 @@ struct PrefixMatch {
   int64_t seq_id = -1;
   int64_t length = 0;
   bool from_cache = false;
+  /*!
+   * \brief Take over the cached sequence itself (its last `pop` tokens dropped) instead of
+   * forking it: a continued chat. A forked sequence decodes with an extra attention pass per
+   * layer over its parent's block; a taken-over one stays a single block.
+   */
+  bool take_over = false;
+  int64_t pop = 0;
 };
 
 class EngineState {
@@ -90,7 +99,7 @@ class EngineState {
   /*! \brief The longest prefix of `request`'s tokens held by a cached or running sequence. */
   PrefixMatch FindPrefix(const Request& request) const;
 
-  /*! \brief Give `request` a KV sequence, forked from `match` when it has one. */
+  /*! \brief Give `request` a KV sequence: new, forked from `match`, or `match`'s own. */
   void Admit(Request* request, const PrefixMatch& match);
   /*! \brief Fork choice `index` of `parent` (just prefilled) into a new running request. */
   Request* ForkChoice(Request* parent, int64_t index);

@@ -29,6 +29,12 @@ void PrefixCache::Touch(int64_t seq_id) {
   }
 }
 
+void PrefixCache::Release(int64_t seq_id) {
+  entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                [seq_id](const Entry& e) { return e.seq_id == seq_id; }),
+                 entries_.end());
+}
+
 std::vector<int64_t> PrefixCache::Clear() {
   std::vector<int64_t> ids;
   for (const Entry& e : entries_) ids.push_back(e.seq_id);

@@ -1,6 +1,8 @@
 // Finished sequences kept in the KV cache, so that a later request sharing a token prefix (a
 // system prompt, the earlier turns of a chat) forks their KV instead of recomputing it. TVM's
-// fork shares whole pages and copies a partial last page, so a hit costs at most one page.
+// fork shares whole pages and copies a partial last page, so a hit costs at most one page. A
+// request that extends an entry (the next turn of a chat) takes the entry's sequence over instead
+// (EngineState::FindPrefix), which keeps it one block deep for attention.
 // A flat list with LRU eviction: it holds at most `max_sequences` entries (tens), and a scan is
 // cheaper to read and to get right than a radix tree at that size.
 #ifndef TVMLM_KV_PREFIX_CACHE_H_
@@ -32,6 +34,8 @@ class PrefixCache {
   int64_t EvictLRU(int64_t keep = -1);
   /*! \brief Mark an entry as just used (a request forked from it). */
   void Touch(int64_t seq_id);
+  /*! \brief Forget `seq_id`'s entry, leaving its sequence to the caller (a request took it over). */
+  void Release(int64_t seq_id);
   /*! \brief Forget every entry; returns their seq ids. */
   std::vector<int64_t> Clear();
 

@@ -10,7 +10,8 @@ namespace {
 // of each choice, so an admitted request can always make its first step.
 int64_t AdmissionPages(const EngineState& s, const Request& r, const PrefixMatch& match) {
   int64_t start = match.seq_id >= 0 ? match.length : 0;
-  // A fork at an unaligned position copies the partial page; growth counts from there.
+  // A fork at an unaligned position copies the partial page; growth counts from there. (A take-over
+  // that pops tokens of a shared block forks inside TVM: the same page at most.)
   int64_t pages = s.kv.ForkPages(start) + s.kv.GrowPages(start, r.total_len());
   return pages + r.pending_forks * s.kv.ForkPages(r.total_len()) + r.slots();
 }
