@@ -1,7 +1,7 @@
-"""The AVX-512 VNNI packed matmul kernel (models/cpu_int8_matmul.py) against a numpy model of
-exactly what it computes: activations rounded to int8 per 32-element block, integer dot products,
-float32 scales. Anything wrong in the lane / nibble / block bookkeeping shows up as an O(1) error;
-the tolerance only covers float32 summation order."""
+"""The packed matmul kernel (models/cpu_int8_matmul.py), AVX-512 VNNI and AVX2 paths, against a
+numpy model of exactly what it computes: activations rounded to int8 per 32-element block, integer
+dot products, float32 scales. Anything wrong in the lane / nibble / block bookkeeping shows up as
+an O(1) error; the tolerance only covers float32 summation order."""
 
 from __future__ import annotations
 
@@ -14,8 +14,22 @@ from tvmlm.models import cpu_int8_matmul  # noqa: E402
 from tvmlm.models.build import make_target  # noqa: E402
 from tvmlm.weights import PackedWeight  # noqa: E402
 
-TARGET = make_target("cpu")
-pytestmark = pytest.mark.skipif(not cpu_int8_matmul.supported(TARGET), reason="host CPU lacks AVX-512 VNNI")
+HOST = make_target("cpu")
+#: Each path compiled for the oldest CPU that has its instructions, so AVX2 code is really AVX2.
+TARGETS = {
+    "avx512": make_target("cpu", {"kind": "llvm", "mcpu": "icelake-server"}),
+    "avx2": make_target("cpu", {"kind": "llvm", "mcpu": "haswell"}),
+}
+
+
+def _host_runs(isa):
+    if isa == "avx512":
+        return cpu_int8_matmul.isa(HOST) == "avx512"
+    return cpu_int8_matmul.isa(HOST) is not None
+
+
+ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not _host_runs(isa), reason=f"host CPU lacks {isa}"))
+        for isa in TARGETS]
 
 
 def _quantize_rows(x):
@@ -37,7 +51,7 @@ def _weights(fmt, n, k, rng):
         blocks = q.reshape(n, nb, 16)
         values = np.concatenate([blocks & 15, blocks >> 4], axis=2).astype(np.int32)  # llama.cpp nibble order
         return [q, scale, mins], values, scale, mins
-    q = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    q = rng.integers(-128, 128, (n, k), dtype=np.int8)  # -128 too: |w| must not wrap
     return [q, scale], q.reshape(n, nb, 32).astype(np.int32), scale, None
 
 
@@ -51,14 +65,21 @@ def _reference(x, values, scale, mins):
     return y
 
 
+def test_isa_follows_the_target():
+    assert cpu_int8_matmul.isa(TARGETS["avx512"]) == "avx512"
+    assert cpu_int8_matmul.isa(TARGETS["avx2"]) == "avx2"
+    assert cpu_int8_matmul.isa(make_target("cpu", {"kind": "llvm", "mcpu": "nehalem"})) is None
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
 @pytest.mark.parametrize("lead", [(1, 1), (3, 1), (6, 1), (1, 70), (1, 135)])  # decode [batch, 1, K], prefill [1, tokens, K]
 @pytest.mark.parametrize("n", [48, 80])  # 80 rows: 5 groups, a partial decode tile and a partial prefill tile
-def test_kernel_matches_numpy(fmt, lead, n):
+def test_kernel_matches_numpy(fmt, lead, n, isa):
     k = 96  # 3 blocks
     rng = np.random.default_rng(0)
-    func = cpu_int8_matmul.int8_matmul(fmt, n, k).with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    func = cpu_int8_matmul.int8_matmul(fmt, n, k, isa=isa).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGETS[isa])
     x = rng.standard_normal((*lead, k)).astype(np.float32)
     x[0, 0, :32] = 0  # an all-zero block: scale 0, no division by zero
     args, values, scale, mins = _weights(fmt, n, k, rng)
@@ -76,3 +97,5 @@ def test_shapes_it_does_not_take_are_refused():
         cpu_int8_matmul.int8_matmul("q4_1", 40, 96)
     with pytest.raises(ValueError, match="expected q4_1 or q8_0"):
         cpu_int8_matmul.int8_matmul("q5_0", 40, 128)
+    with pytest.raises(ValueError, match="isa 'neon'"):
+        cpu_int8_matmul.int8_matmul("q4_1", 48, 96, isa="neon")

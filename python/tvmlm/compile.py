@@ -64,7 +64,7 @@ class CompileOptions:
     # Weight formats kept packed ({"linear", "embed", "lm_head"} -> f32/q4_1/q8_0), as a sorted tuple
     # of pairs so the options stay hashable; empty = all f32.
     weight_formats: tuple[tuple[str, str], ...] = ()
-    # CPU with AVX-512 VNNI: packed-weight matmuls quantize activations to int8 per 32-element
+    # CPU with AVX-512 VNNI or AVX2: packed-weight matmuls quantize activations to int8 per 32-element
     # block, as llama.cpp does (~3x faster); False keeps the exact float32-dequantize kernels.
     int8_activations: bool = True
     # Group-quantize float weights ("q4_1" / "q8_0") or dequantize packed ones ("none"); None:
@@ -209,7 +209,8 @@ def prepare_package(
     from . import weights
 
     options = options or CompileOptions()
-    tkey = target_key(device_kind, device_detail)
+    # An explicit target (a CPU other than this host's, say) is its own key.
+    tkey = target_key(device_kind, device_detail) if target is None else {"target": target}
     root = cache_dir()
     # Warm path: a source index maps (weight files, target, options) to the package, so a cache hit
     # parses neither the GGUF metadata (seconds for a 49k-token vocabulary) nor config files.

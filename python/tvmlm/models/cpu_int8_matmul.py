@@ -1,4 +1,4 @@
-"""Packed-weight matmuls on AVX-512 VNNI: int8 dot products instead of float32 dequantization.
+"""Packed-weight matmuls on AVX-512 VNNI or AVX2: int8 dot products instead of float32 dequantization.
 
 The float32 path (models/quant.py + cpu_schedule.py) expands every 4-bit weight to a float32 and
 spends one FMA per weight per activation row. This kernel does what llama.cpp does: each
@@ -25,6 +25,12 @@ ahead. Accumulators and staged vectors are stack buffers under 1 KB: inside a re
 kernel's pointers carry no noalias information (with a second, host PrimFunc in the module, TVM
 inlines the noalias compute function), and LLVM keeps only such small stack buffers in registers.
 
+AVX2 (no VNNI) computes the same dot as `vpmaddubsw` (u8 x s8 pairs summed into int16) then
+`vpmaddwd` by ones (int16 pairs into int32), on each 32-byte half of a 64-byte vector, with the
+same layout and results. No int16 sum can saturate: q4_1 pairs reach 2 x 15 x 127; q8_0 takes
+|w| x (x * sign(w)) (`vpsignb`), at most 2 x 128 x 127, so it needs no +128 offset. Tiles are
+smaller there: AVX2 has 16 vector registers, not 32.
+
 Numerics: the result differs from the float32 path by the int8 rounding of the activations (the
 same approximation llama.cpp makes for these formats); tests bound it.
 """
@@ -38,18 +44,33 @@ from .cpu_features import llvm_has
 from .fast_math import reduce_lanes
 from .quant import BLOCK, ROW_GROUP
 
-TOKEN_UNROLL = 4  # activation rows sharing each unpacked weight vector (prefill, batches)
-GROUP_UNROLL = 2  # row groups per prefill tile: 4 x 2 int32 + 4 x 2 float32 accumulators
-DECODE_GROUPS = 4  # row groups per decode tile: four independent vpdpbusd chains
+#: Per ISA: activation rows sharing each unpacked weight vector (prefill, batches), row groups per
+#: prefill tile (AVX-512: 4 x 2 int32 + 4 x 2 float32 accumulators), and row groups per decode tile
+#: (independent dot chains).
+TOKEN_UNROLL = {"avx512": 4, "avx2": 4}
+GROUP_UNROLL = {"avx512": 2, "avx2": 1}
+DECODE_GROUPS = {"avx512": 4, "avx2": 2}
 TOKEN_CHUNK = 64  # activation rows per pass over the weights (their int8 form stays in L2)
 PREFETCH_TILES = 1  # decode: prefetch the weights this many tiles ahead
 LANES = 16  # int32 / float32 lanes of one 512-bit register (= ROW_GROUP)
 _DPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_PMADDWD = "llvm.x86.avx2.pmadd.wd"
+_PSIGNB = "llvm.x86.avx2.psign.b"
+
+
+def isa(target: tvm.target.Target) -> str | None:
+    """The instruction set this kernel uses on `target`: "avx512" (VNNI), "avx2", or None."""
+    if llvm_has(target, "avx512bw", "avx512vnni", "avx512f"):
+        return "avx512"
+    if llvm_has(target, "avx2", "fma", "f16c"):
+        return "avx2"
+    return None
 
 
 def supported(target: tvm.target.Target) -> bool:
-    """Whether `target` (llvm) has the instructions this kernel is written with."""
-    return llvm_has(target, "avx512bw", "avx512vnni", "avx512f")
+    """Whether `target` (llvm) has the instructions of one of this kernel's paths."""
+    return isa(target) is not None
 
 
 def _dot(acc, weights, x_word):
@@ -57,16 +78,36 @@ def _dot(acc, weights, x_word):
     return T.call_llvm_pure_intrin("int32x16", _DPBUSD, acc, weights, T.reinterpret("int8x64", T.broadcast(x_word, LANES)))
 
 
-def int8_matmul(fmt: str, n_out: int, k_in: int):
+def _dot_avx2(acc, weights, x_bytes):
+    """acc (int32x8) + per-lane dot of 4 unsigned weight bytes with 4 signed bytes of `x_bytes`."""
+    pairs = T.call_llvm_pure_intrin("int16x16", _PMADDUBSW, weights, x_bytes)
+    return acc + T.call_llvm_pure_intrin("int32x8", _PMADDWD, pairs, T.broadcast(T.int16(1), 16))
+
+
+def _x_bytes(x_word):
+    """int32 `x_word` (4 activation bytes) repeated over 32 bytes."""
+    return T.reinterpret("int8x32", T.broadcast(x_word, 8))
+
+
+def _sign(a, b):
+    """a * sign(b), bytewise (`vpsignb`): 0 where b is 0."""
+    return T.call_llvm_pure_intrin("int8x32", _PSIGNB, a, b)
+
+
+def int8_matmul(fmt: str, n_out: int, k_in: int, isa: str = "avx512"):
     """y[a, b, n] = x[a, b, :] . W[n, :] for W packed in `fmt` (q4_1 or q8_0) in the row-interleaved
-    layout, and float32 x of any [a, b] (decode: [batch, 1, K]; prefill: [1, tokens, K])."""
+    layout, and float32 x of any [a, b] (decode: [batch, 1, K]; prefill: [1, tokens, K]), with the
+    instructions of `isa` ("avx512" or "avx2")."""
     if fmt not in ("q4_1", "q8_0"):
         raise ValueError(f"int8 matmul format {fmt!r}; expected q4_1 or q8_0")
+    if isa not in GROUP_UNROLL:
+        raise ValueError(f"int8 matmul isa {isa!r}; expected one of {sorted(GROUP_UNROLL)}")
     if k_in % BLOCK or n_out % ROW_GROUP:
         raise ValueError(f"int8 matmul needs K % {BLOCK} == 0 and N % {ROW_GROUP} == 0, got N={n_out} K={k_in}")
-    N, K, MU, NU, DU, MC, PF = n_out, k_in, TOKEN_UNROLL, GROUP_UNROLL, DECODE_GROUPS, TOKEN_CHUNK, PREFETCH_TILES
+    N, K, MU, NU, DU, MC, PF = n_out, k_in, TOKEN_UNROLL[isa], GROUP_UNROLL[isa], DECODE_GROUPS[isa], TOKEN_CHUNK, PREFETCH_TILES
     G, NB = N // ROW_GROUP, K // BLOCK
     q4 = fmt == "q4_1"
+    avx2 = isa == "avx2"
     WORDS = 4 if q4 else 8  # 64-byte vectors per (row group, block)
 
     @T.macro
@@ -89,13 +130,29 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
                         w: T.let[T.uint8x64] = q.vload([g0 + nu, b, s * 64], "uint8x64")
                         wv[nu * 2, T.ramp(0, 1, 64)] = T.bitwise_and(w, T.broadcast(T.uint8(15), 64))
                         wv[nu * 2 + 1, T.ramp(0, 1, 64)] = T.shift_right(w, T.broadcast(T.uint8(4), 64))
+                    elif avx2:  # |w| as unsigned bytes (-128 -> 128 too), and w for the signs of x
+                        for h in T.unroll(2):
+                            w: T.let[T.int8x32] = q.vload([g0 + nu, b, s * 64 + h * 32], "int8x32")
+                            wv[nu * 2, T.ramp(h * 32, 1, 32)] = T.reinterpret("uint8x32", _sign(w, w))
+                            wv[nu * 2 + 1, T.ramp(h * 32, 1, 32)] = T.reinterpret("uint8x32", w)
                     else:
                         wv[nu, T.ramp(0, 1, 64)] = T.bitwise_xor(
                             T.reinterpret("uint8x64", q.vload([g0 + nu, b, s * 64], "int8x64")), T.broadcast(T.uint8(128), 64))
                 for mu in T.unroll(mu_n):
                     for nu in T.unroll(nu_n):
                         i: T.let[T.int32] = mu * nu_n + nu
-                        if q4:
+                        if avx2:  # two 8-lane halves: rows 0-7 and 8-15 of the group
+                            for h in T.unroll(2):
+                                if q4:
+                                    iacc[i, T.ramp(h * 8, 1, 8)] = _dot_avx2(
+                                        _dot_avx2(iacc.vload([i, h * 8], "int32x8"), wv.vload([nu * 2, h * 32], "uint8x32"),
+                                                  _x_bytes(xq[m0 + mu, b * 8 + s])),
+                                        wv.vload([nu * 2 + 1, h * 32], "uint8x32"), _x_bytes(xq[m0 + mu, b * 8 + 4 + s]))
+                                else:
+                                    iacc[i, T.ramp(h * 8, 1, 8)] = _dot_avx2(
+                                        iacc.vload([i, h * 8], "int32x8"), wv.vload([nu * 2, h * 32], "uint8x32"),
+                                        _sign(_x_bytes(xq[m0 + mu, b * 8 + s]), T.reinterpret("int8x32", wv.vload([nu * 2 + 1, h * 32], "uint8x32"))))
+                        elif q4:
                             iacc[i, T.ramp(0, 1, LANES)] = _dot(
                                 _dot(iacc.vload([i, 0], "int32x16"), wv.vload([nu * 2, 0], "uint8x64"), xq[m0 + mu, b * 8 + s]),
                                 wv.vload([nu * 2 + 1, 0], "uint8x64"), xq[m0 + mu, b * 8 + 4 + s])
@@ -136,6 +193,8 @@ def int8_matmul(fmt: str, n_out: int, k_in: int):
                 # dot of the dequantized weights (scale * q + min, centred) with the rounded x. The
                 # exact float sum pairs the rounding errors with q in 0..15 instead: 2x the error.
                 xc[m, b] = T.Cast("float32", qsum) * xd[m, b]
+            elif avx2:
+                xc[m, b] = T.float32(0)  # |w| x (x * sign(w)) is the signed dot itself
             else:
                 xc[m, b] = T.Cast("float32", qsum * 128)
 
@@ -267,12 +326,14 @@ def _packed_matmul_calls(mod: tvm.ir.IRModule) -> dict:
 
 def replace_packed_matmuls() -> tvm.transform.Pass:
     """Module pass (before FuseOps): swap every row-interleaved packed-weight matmul PrimFunc that
-    fits this kernel ([a, b, K] float32 activations) for it. The caller checks `supported(target)`."""
+    fits this kernel ([a, b, K] float32 activations) for it, for the current target. The caller
+    checks `supported(target)`."""
 
     @tvm.transform.module_pass(opt_level=0, name="tvmlm_int8_matmul")
     def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         # One kernel per (format, N, K): prefill, decode and the batch functions each export their
         # own copy of a weight's matmul, and each int8 kernel takes seconds of LLVM time.
+        kernel_isa = isa(tvm.target.Target.current())
         canonical: dict = {}
         remap = {}
         for gv, shape in _packed_matmul_calls(mod).items():
@@ -281,7 +342,7 @@ def replace_packed_matmuls() -> tvm.transform.Pass:
                 continue
             canonical[shape] = gv
             attrs = {**dict(mod[gv].attrs or {}), "op_pattern": _OPAQUE, "tirx.is_scheduled": True}
-            mod[gv] = int8_matmul(*shape).with_attrs(attrs)
+            mod[gv] = int8_matmul(*shape, isa=kernel_isa).with_attrs(attrs)
         return _redirect_calls(mod, remap) if remap else mod
 
     return _pass

@@ -1,6 +1,7 @@
 """CPU schedules for the kernels that dominate a step: the weight matmuls (and fused elementwise
-kernels, see `schedule_elementwise`). On AVX-512 VNNI hosts the packed-weight matmuls are replaced
-before this runs (models/cpu_int8_matmul.py); this schedule serves float weights and other hosts.
+kernels, see `schedule_elementwise`). On AVX-512 VNNI and AVX2 hosts the packed-weight matmuls are
+replaced before this runs (models/cpu_int8_matmul.py); this schedule serves float weights and other
+hosts.
 
 TVM's default llvm pipeline leaves matmuls as naive single-threaded loops, and its dlight CPU GEMV
 rule is 5-25x slower than this hand schedule here (see DESIGN.md). One schedule serves decode

@@ -7,7 +7,7 @@ from tvm import relax
 
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """On CPUs with AVX-512 VNNI, packed-weight matmuls stored row-interleaved (build_module chose
+    """On CPUs with AVX-512 VNNI or AVX2, packed-weight matmuls stored row-interleaved (build_module chose
     int8 activations for them) become int8 kernels (models/cpu_int8_matmul.py); the others
     dequantize to float32."""
     if target.kind.name == "llvm":
