@@ -521,8 +521,20 @@ def test_router_close_wakes_waiters_and_discard_forgets():
 
 def test_waiting_on_an_inbox_can_be_interrupted():
     import _thread
+    import signal
 
-    inbox = _core.DeltaRouter().open("a", 1)
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
-        inbox.take()
+    router = _core.DeltaRouter()
+    inbox = router.open("a", 1)
+    # A process started in the background inherits SIGINT ignored, and interrupt_main() then does
+    # nothing: install Python's handler for this test. The router closes after 10 s regardless,
+    # so a lost interrupt fails the test instead of hanging it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    guard = threading.Timer(10, router.close)
+    guard.start()
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            inbox.take()
+    finally:
+        guard.cancel()
+        signal.signal(signal.SIGINT, previous)
