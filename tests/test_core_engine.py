@@ -1,5 +1,6 @@
 """`_core.ThreadedEngine` end to end: two background threads, deltas through the callback."""
 
+import contextlib
 import json
 import queue
 import shutil
@@ -443,7 +444,9 @@ def test_many_threads_submitting(harness, reference):
 # DeltaRouter: the C++ stream callback the Python Engine uses
 
 
-def test_router_sorts_deltas_into_inboxes(pkg, reference):
+@contextlib.contextmanager
+def routed_engine(pkg):
+    """A loaded ThreadedEngine whose stream callback is a DeltaRouter: (engine, router)."""
     router = _core.DeltaRouter()
     e = _core.ThreadedEngine()
     e.init("cpu:0", router)
@@ -453,6 +456,15 @@ def test_router_sorts_deltas_into_inboxes(pkg, reference):
     try:
         e.reload(json.dumps({"model": str(pkg), "max_num_sequence": 4, "max_total_sequence_length": 1024,
                              "prefill_chunk_size": 256}))
+        yield e, router
+    finally:
+        e.exit_background_loop()
+        for t in threads:
+            t.join(timeout=30)
+
+
+def test_router_sorts_deltas_into_inboxes(pkg, reference):
+    with routed_engine(pkg) as (e, router):
         ps = prompts(3, seed=5)
         inboxes = {f"r{i}": router.open(f"r{i}", 1) for i in range(3)}
         for i, p in enumerate(ps):
@@ -466,22 +478,10 @@ def test_router_sorts_deltas_into_inboxes(pkg, reference):
                     finish = d.finish_reason
             assert finish == "length" and tokens == reference(p, 6)
         assert router.open_requests == 0  # each route ended with its final delta
-    finally:
-        e.exit_background_loop()
-        for t in threads:
-            t.join(timeout=30)
 
 
 def test_router_inbox_without_stream_wakes_per_finished_choice(pkg, reference):
-    router = _core.DeltaRouter()
-    e = _core.ThreadedEngine()
-    e.init("cpu:0", router)
-    threads = [threading.Thread(target=e.run_background_loop), threading.Thread(target=e.run_background_stream_back_loop)]
-    for t in threads:
-        t.start()
-    try:
-        e.reload(json.dumps({"model": str(pkg), "max_num_sequence": 4, "max_total_sequence_length": 1024,
-                             "prefill_chunk_size": 256}))
+    with routed_engine(pkg) as (e, router):
         p = prompts(1, seed=6)[0]
         inbox = router.open("r", 2, stream=False)
         e.add_request("r", p, json.dumps({"max_tokens": 7, "temperature": 0.0, "n": 2}))
@@ -498,10 +498,6 @@ def test_router_inbox_without_stream_wakes_per_finished_choice(pkg, reference):
             assert len(ds) <= 2 and ds[-1].finish_reason == "length"
             assert [t for d in ds for t in d.token_ids] == reference(p, 7)
             assert ds[-1].completion_tokens == 7 and ds[-1].prompt_tokens == len(p)
-    finally:
-        e.exit_background_loop()
-        for t in threads:
-            t.join(timeout=30)
 
 
 def test_router_close_wakes_waiters_and_discard_forgets():
