@@ -44,10 +44,9 @@ from .cpu_features import llvm_has
 from .fast_math import reduce_lanes
 from .quant import BLOCK, ROW_GROUP
 
-#: Per ISA: activation rows sharing each unpacked weight vector (prefill, batches), row groups per
-#: prefill tile (AVX-512: 4 x 2 int32 + 4 x 2 float32 accumulators), and row groups per decode tile
-#: (independent dot chains).
-TOKEN_UNROLL = {"avx512": 4, "avx2": 4}
+TOKEN_UNROLL = 4  # activation rows sharing each unpacked weight vector (prefill, batches)
+#: Per ISA: row groups per prefill tile (AVX-512: 4 x 2 int32 + 4 x 2 float32 accumulators), and
+#: per decode tile (independent dot chains).
 GROUP_UNROLL = {"avx512": 2, "avx2": 1}
 DECODE_GROUPS = {"avx512": 4, "avx2": 2}
 TOKEN_CHUNK = 64  # activation rows per pass over the weights (their int8 form stays in L2)
@@ -104,7 +103,7 @@ def int8_matmul(fmt: str, n_out: int, k_in: int, isa: str = "avx512"):
         raise ValueError(f"int8 matmul isa {isa!r}; expected one of {sorted(GROUP_UNROLL)}")
     if k_in % BLOCK or n_out % ROW_GROUP:
         raise ValueError(f"int8 matmul needs K % {BLOCK} == 0 and N % {ROW_GROUP} == 0, got N={n_out} K={k_in}")
-    N, K, MU, NU, DU, MC, PF = n_out, k_in, TOKEN_UNROLL[isa], GROUP_UNROLL[isa], DECODE_GROUPS[isa], TOKEN_CHUNK, PREFETCH_TILES
+    N, K, MU, NU, DU, MC, PF = n_out, k_in, TOKEN_UNROLL, GROUP_UNROLL[isa], DECODE_GROUPS[isa], TOKEN_CHUNK, PREFETCH_TILES
     G, NB = N // ROW_GROUP, K // BLOCK
     q4 = fmt == "q4_1"
     avx2 = isa == "avx2"
