@@ -84,6 +84,11 @@ def load_gguf(path: Path) -> LoadedModel:
         if hf_tensor_name(t.name) is None:
             raise ValueError(f"unexpected tensor {t.name!r} in {arch} GGUF file {str(path)!r}")
 
+    if (kind := meta.get("tokenizer.ggml.model")) not in TOKENIZER_MODELS:
+        raise ValueError(
+            f"unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model) in {str(path)!r}; "
+            f"supported: {', '.join(TOKENIZER_MODELS)}"
+        )
     config = _config(meta, reader, arch)
     return LoadedModel(
         config=config,
@@ -223,6 +228,8 @@ _QWEN2_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+# tokenizer.ggml.model values: byte-level BPE, SentencePiece (weights/gguf_sentencepiece.py)
+TOKENIZER_MODELS = ("gpt2", "llama")
 
 
 def _pre_tokenizer(pre: str | None):
@@ -249,15 +256,19 @@ def build_tokenizer(meta: _Metadata):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
     kind = meta.get("tokenizer.ggml.model")
-    if kind == "llama":
+    if kind not in TOKENIZER_MODELS:
         raise NotImplementedError(
-            "GGUF tokenizer model 'llama' (SentencePiece) is not supported yet; only byte-level BPE "
-            "('gpt2') can be rebuilt from GGUF metadata. Use the model's Hugging Face directory."
+            f"GGUF tokenizer model {kind!r} (tokenizer.ggml.model) is not supported; supported: "
+            + ", ".join(repr(k) for k in TOKENIZER_MODELS)
         )
-    if kind != "gpt2":
-        raise NotImplementedError(f"GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2'")
-
     tokens: list[str] = meta.get("tokenizer.ggml.tokens")
+    if kind == "llama":
+        from .gguf_sentencepiece import build_sentencepiece_tokenizer
+
+        tok = build_sentencepiece_tokenizer(meta, meta.get("general.architecture"))
+        tok.post_processor = _special_token_processor(meta, tokens)
+        return tok
+
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     pre = meta.get("tokenizer.ggml.pre")
@@ -281,28 +292,39 @@ def build_tokenizer(meta: _Metadata):
     tok.add_special_tokens([a for a in added if a.special])
     tok.add_tokens([a for a in added if not a.special])
 
-    bos_id = meta.get("tokenizer.ggml.bos_token_id")
-    eos_id = meta.get("tokenizer.ggml.eos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos_id is not None
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos_id is not None
     steps = [processors.ByteLevel(trim_offsets=False)]
-    if add_bos or add_eos:
-
-        def segment(seq: str, type_id: int) -> str:
-            parts = [f"{tokens[bos_id]}:{type_id}"] if add_bos else []
-            parts.append(f"${seq}:{type_id}")
-            return " ".join(parts + ([f"{tokens[eos_id]}:{type_id}"] if add_eos else []))
-
-        specials = {tokens[i]: i for i, on in ((bos_id, add_bos), (eos_id, add_eos)) if on}
-        steps.append(
-            processors.TemplateProcessing(
-                single=segment("A", 0),
-                pair=f"{segment('A', 0)} {segment('B', 1)}",
-                special_tokens=list(specials.items()),
-            )
-        )
+    if (special := _special_token_processor(meta, tokens)) is not None:
+        steps.append(special)
     tok.post_processor = processors.Sequence(steps)
     return tok
+
+
+def add_bos_token(meta: _Metadata) -> bool:
+    """Whether the file's tokenizer starts a text with BOS (llama.cpp and transformers add one to a
+    SentencePiece vocabulary whose file does not say)."""
+    return bool(meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama"))
+
+
+def _special_token_processor(meta: _Metadata, tokens: list[str]):
+    """The TemplateProcessing that adds BOS / EOS where the file asks for them, or None."""
+    from tokenizers import processors
+
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    eos_id = meta.get("tokenizer.ggml.eos_token_id")
+    add_bos = add_bos_token(meta) and bos_id is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos_id is not None
+    if not (add_bos or add_eos):
+        return None
+
+    def segment(seq: str, type_id: int) -> str:
+        parts = [f"{tokens[bos_id]}:{type_id}"] if add_bos else []
+        parts.append(f"${seq}:{type_id}")
+        return " ".join(parts + ([f"{tokens[eos_id]}:{type_id}"] if add_eos else []))
+
+    specials = {tokens[i]: i for i, on in ((bos_id, add_bos), (eos_id, add_eos)) if on}
+    return processors.TemplateProcessing(
+        single=segment("A", 0), pair=f"{segment('A', 0)} {segment('B', 1)}", special_tokens=list(specials.items())
+    )
 
 
 def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
@@ -321,7 +343,7 @@ def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
         "eos_token": name("eos_token_id"),
         "unk_token": name("unknown_token_id"),
         "pad_token": name("padding_token_id"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": add_bos_token(meta),
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         "model_max_length": config["max_position_embeddings"],
         "clean_up_tokenization_spaces": False,
