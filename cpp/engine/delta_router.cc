@@ -6,6 +6,30 @@
 
 namespace tvmlm {
 
+void ReadySet::Add(const std::string& request_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ready_.push_back(request_id);
+  }
+  cv_.notify_one();
+}
+
+bool ReadySet::Wait(std::chrono::milliseconds timeout, std::vector<std::string>* out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return !ready_.empty() || closed_; });
+  out->clear();
+  out->swap(ready_);
+  return !(out->empty() && closed_);
+}
+
+void ReadySet::Close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
 std::vector<RequestDelta> DeltaInbox::Take(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto ready = [this] { return (stream_ ? !pending_.empty() : pending_finals_ > 0) || closed_; };
@@ -55,7 +79,10 @@ void DeltaInbox::Push(std::vector<RequestDelta>* deltas) {
       pending_.push_back(std::move(d));
     }
   }
-  if (wake) cv_.notify_all();
+  if (wake) {
+    cv_.notify_all();
+    if (ready_) ready_->Add(id_);
+  }
 }
 
 void DeltaInbox::Close() {
@@ -64,10 +91,12 @@ void DeltaInbox::Close() {
     closed_ = true;
   }
   cv_.notify_all();
+  if (ready_) ready_->Add(id_);
 }
 
-std::shared_ptr<DeltaInbox> DeltaRouter::Open(const std::string& request_id, int64_t choices, bool stream) {
-  auto inbox = std::make_shared<DeltaInbox>(stream);
+std::shared_ptr<DeltaInbox> DeltaRouter::Open(const std::string& request_id, int64_t choices, bool stream,
+                                              bool notify) {
+  auto inbox = std::make_shared<DeltaInbox>(stream, notify ? ready_ : nullptr, request_id);
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) {
     inbox->Close();
@@ -111,6 +140,7 @@ void DeltaRouter::Close() {
     routes.swap(routes_);
   }
   for (auto& [id, route] : routes) route.inbox->Close();
+  ready_->Close();  // after the inboxes' last ids went in
 }
 
 size_t DeltaRouter::open_requests() {

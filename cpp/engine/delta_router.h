@@ -8,6 +8,11 @@
 // wakes once per batch of deltas instead of twice (callback thread, then caller). A caller that
 // wants whole results (not streaming) opens its inbox with stream=false: it wakes only when a
 // choice finishes, and gets each choice's steps merged into one delta.
+//
+// A host that waits on many inboxes from one event loop (asyncio) opens them with notify=true:
+// whenever such an inbox would wake its caller, its request id also goes to the router's
+// ReadySet, where one waiter thread collects them and wakes the right tasks; each task then takes
+// its deltas without blocking (Take with a zero timeout).
 #ifndef TVMLM_ENGINE_DELTA_ROUTER_H_
 #define TVMLM_ENGINE_DELTA_ROUTER_H_
 
@@ -24,10 +29,27 @@
 
 namespace tvmlm {
 
+/*! \brief Ids of requests whose inboxes became ready (something to take, or closed). */
+class ReadySet {
+ public:
+  void Add(const std::string& request_id);
+  /*! \brief Wait up to `timeout` for ready ids; move all of them to `out` (cleared first).
+   * False once closed with none left (then nothing more will come). */
+  bool Wait(std::chrono::milliseconds timeout, std::vector<std::string>* out);
+  void Close();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> ready_;
+  bool closed_ = false;
+};
+
 /*! \brief The deltas of one request, in order. Shared by the router and the request's caller. */
 class DeltaInbox {
  public:
-  explicit DeltaInbox(bool stream = true) : stream_(stream) {}
+  explicit DeltaInbox(bool stream = true, std::shared_ptr<ReadySet> ready = nullptr, std::string id = "")
+      : stream_(stream), ready_(std::move(ready)), id_(std::move(id)) {}
 
   /*!
    * \brief Wait up to `timeout` for deltas (without stream: for a final delta); return every
@@ -46,6 +68,8 @@ class DeltaInbox {
   std::mutex mu_;
   std::condition_variable cv_;
   const bool stream_;
+  const std::shared_ptr<ReadySet> ready_;  // told when this inbox wakes (notify=true), else null
+  const std::string id_;
   std::vector<RequestDelta> pending_;
   int64_t pending_finals_ = 0;
   bool closed_ = false;
@@ -57,15 +81,19 @@ class DeltaRouter {
    * \brief Start routing `request_id`'s deltas to a new inbox, until each of its `choices` has had
    * its final delta. Call before the request is added, so no delta can come first. Without
    * `stream`, the inbox merges each choice's deltas and wakes its caller only for final ones:
-   * one wake-up per choice instead of one per step.
+   * one wake-up per choice instead of one per step. With `notify`, every wake-up of the inbox
+   * also adds `request_id` to ready().
    */
-  std::shared_ptr<DeltaInbox> Open(const std::string& request_id, int64_t choices, bool stream = true);
+  std::shared_ptr<DeltaInbox> Open(const std::string& request_id, int64_t choices, bool stream = true,
+                                   bool notify = false);
   /*! \brief Stop routing `request_id` (its request was never added). */
   void Discard(const std::string& request_id);
   /*! \brief The stream callback: hand each delta to its request's inbox (unknown ids dropped). */
   void Route(std::vector<RequestDelta> deltas);
-  /*! \brief Close every inbox (waiters wake) and those opened later. For engine shutdown. */
+  /*! \brief Close every inbox (waiters wake), those opened later, then ready(). For shutdown. */
   void Close();
+  /*! \brief Where inboxes opened with notify=true announce their wake-ups. */
+  const std::shared_ptr<ReadySet>& ready() const { return ready_; }
   /*! \brief Requests whose final deltas have not all arrived. */
   size_t open_requests();
 
@@ -77,6 +105,7 @@ class DeltaRouter {
   std::mutex mu_;
   std::unordered_map<std::string, Route_> routes_;
   bool closed_ = false;
+  const std::shared_ptr<ReadySet> ready_ = std::make_shared<ReadySet>();
 };
 
 }  // namespace tvmlm

@@ -227,6 +227,30 @@ py::list TakeDeltas(DeltaInbox& inbox) {
   }
 }
 
+// Deltas already in the inbox, without waiting: None when there are none yet, [] once the router
+// closed with nothing pending (the same end marker as take()).
+py::object PollDeltas(DeltaInbox& inbox) {
+  std::vector<RequestDelta> deltas = inbox.Take(std::chrono::milliseconds(0));
+  if (deltas.empty() && !inbox.closed()) return py::none();
+  py::list out(deltas.size());
+  for (size_t i = 0; i < deltas.size(); ++i) out[i] = ToPythonDelta(deltas[i]);
+  return out;
+}
+
+// Request ids whose notify inboxes woke since the last call, waiting with the GIL released;
+// None once the router closed and every id was handed out.
+py::object WaitReady(DeltaRouter& router) {
+  const std::shared_ptr<ReadySet>& ready = router.ready();
+  std::vector<std::string> ids;
+  bool open = true;
+  {
+    py::gil_scoped_release release;
+    while (open && ids.empty()) open = ready->Wait(std::chrono::milliseconds(1000), &ids);
+  }
+  if (!open) return py::none();
+  return py::cast(ids);
+}
+
 }  // namespace
 }  // namespace tvmlm
 
@@ -280,13 +304,21 @@ PYBIND11_MODULE(_core, m) {
   py::class_<DeltaInbox, std::shared_ptr<DeltaInbox>>(m, "DeltaInbox")
       .def("take", &TakeDeltas,
            "Block until deltas arrive; return them all. [] once the router closed and this inbox "
-           "is drained.");
+           "is drained.")
+      .def("poll", &PollDeltas,
+           "The pending deltas without waiting: None if there are none yet, [] once the router "
+           "closed and this inbox is drained.");
 
   py::class_<DeltaRouter, std::shared_ptr<DeltaRouter>>(m, "DeltaRouter")
       .def(py::init<>())
       .def("open", &DeltaRouter::Open, py::arg("request_id"), py::arg("choices"), py::arg("stream") = true,
+           py::arg("notify") = false,
            "An inbox for the request's deltas; call before add_request. stream=False: the inbox "
-           "wakes its caller only for final deltas and merges each choice's steps into one delta.")
+           "wakes its caller only for final deltas and merges each choice's steps into one delta. "
+           "notify=True: each wake-up also hands the request id to wait_ready().")
+      .def("wait_ready", &WaitReady,
+           "Block (GIL released) until notify inboxes woke; their request ids (each once per "
+           "wake-up, possibly repeated). None once the router closed and all were handed out.")
       .def("discard", &DeltaRouter::Discard, py::arg("request_id"))
       .def("close", &DeltaRouter::Close, release())
       .def_property_readonly("open_requests", &DeltaRouter::open_requests);
