@@ -515,6 +515,31 @@ def test_router_close_wakes_waiters_and_discard_forgets():
     assert router.open("c", 1).take() == []  # opened after close: closed at once
 
 
+def test_router_ready_set_names_woken_notify_inboxes(pkg, reference):
+    with routed_engine(pkg) as (e, router):
+        ps = prompts(2, seed=7)
+        quiet = router.open("quiet", 1)  # not notify: never in the ready set
+        inboxes = {"s": router.open("s", 1, notify=True), "w": router.open("w", 1, stream=False, notify=True)}
+        assert inboxes["s"].poll() is None  # nothing yet, and poll does not wait
+        e.add_request("quiet", ps[0], json.dumps({"max_tokens": 3, "temperature": 0.0}))
+        for rid, p in zip(inboxes, ps):
+            e.add_request(rid, p, json.dumps({"max_tokens": 5, "temperature": 0.0}))
+        tokens, woken, done = {"s": [], "w": []}, [], set()
+        while done != {"s", "w"}:
+            ids = router.wait_ready()
+            woken += ids
+            for rid in set(ids):
+                for d in inboxes[rid].poll() or []:
+                    tokens[rid] += d.token_ids
+                    if d.finish_reason:
+                        done.add(rid)
+        assert set(woken) == {"s", "w"} and woken.count("w") == 1  # not streamed: once, when it finished
+        assert tokens == {"s": reference(ps[0], 5), "w": reference(ps[1], 5)}
+        assert [t for d in quiet.take() for t in d.token_ids]
+    threading.Timer(0.2, router.close).start()
+    assert router.wait_ready() is None  # closed: the waiter thread's signal to stop
+
+
 def test_waiting_on_an_inbox_can_be_interrupted():
     import _thread
     import signal
