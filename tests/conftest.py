@@ -28,9 +28,12 @@ def tvmlm_cache_dir(tmp_path_factory) -> Path:
         os.environ["TVMLM_CACHE_DIR"] = old
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
 # Tiny model variants used across test files: name -> make_hf_model kwargs.
 TINY_MODELS = {
-    "llama": dict(arch="llama"),
+    # Llama 3.x rope scaling (its GGUF carries it as rope_freqs.weight)
+    "llama": dict(arch="llama", config_overrides={"rope_parameters": LLAMA3_ROPE}),
     "llama-tied": dict(arch="llama", tie=True),
     "qwen2": dict(arch="qwen2", tie=True),
     "qwen3": dict(arch="qwen3"),

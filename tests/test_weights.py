@@ -301,7 +301,20 @@ def test_error_unsupported_gguf_quant_type(tmp_path):
         load(p)
 
 
-def test_error_gguf_llama3_rope_freqs(tmp_path):
-    p = _write_gguf(tmp_path / "l3.gguf", "llama", {"rope_freqs.weight": (np.ones(8, np.float32), "F32")})
-    with pytest.raises(ValueError, match="rope_freqs"):
-        load(p)
+@pytest.mark.parametrize("scaling, theta, head_dim", [
+    ({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, 500000.0, 128),  # Llama 3.1
+    ({"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, 500000.0, 64),  # Llama 3.2 1B
+    ({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}, 10000.0, 32),
+    ({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}, 10000.0, 16),  # tiny llama
+])
+def test_gguf_rope_freqs_give_back_the_llama3_scaling(scaling, theta, head_dim):
+    """rope_freqs.weight as llama.cpp writes it (float32) -> the HF rope_scaling it came from."""
+    from tiny_archs import _llama3_rope_freqs
+
+    from tvmlm.weights.gguf_rope import llama3_scaling_from_divisors
+
+    divisors = _llama3_rope_freqs(scaling, theta, head_dim)
+    assert llama3_scaling_from_divisors(divisors, theta, None) == {"rope_type": "llama3", **scaling}
+    assert llama3_scaling_from_divisors(np.ones(head_dim // 2, np.float32), theta, None) is None
+    with pytest.raises(ValueError, match="no llama3 rope scaling reproduces"):
+        llama3_scaling_from_divisors(divisors[::-1].copy(), theta, None)

@@ -69,7 +69,7 @@ Hello! How are you today? I am fine, thank you. Could you please help me write a
 the sea, the sky and the quiet evening light? Of course, here is a small poem for you.
 """
 
-_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3")
 
 
 @lru_cache(maxsize=8)
@@ -116,9 +116,12 @@ def make_hf_model(
     max_position_embeddings: int = 512,
     rope_theta: float = 10000.0,
     chat_template: str = CHATML_TEMPLATE,
+    config_overrides: dict | None = None,
 ) -> Path:
-    """Save a tiny random model of `arch` (llama, qwen2, qwen3, mistral) and its tokenizer in
-    `out_dir` (safetensors, `dtype` float32/bfloat16/float16, sharded when `max_shard_size` is set).
+    """Save a tiny random model of `arch` (llama, qwen2, qwen3, mistral, gemma3, phi3) and its
+    tokenizer in `out_dir` (safetensors, `dtype` float32/bfloat16/float16, sharded when
+    `max_shard_size` is set). `config_overrides` go to the transformers config class as they are
+    (rope_parameters, sliding_window, layer_types, ...).
 
     mistral and qwen3 get an explicit head_dim of 2 * hidden / heads (unless given) so that code
     assuming head_dim == hidden / heads fails. Norm weights and biases are randomized too (HF inits
@@ -132,7 +135,7 @@ def make_hf_model(
         raise ValueError(f"unknown arch {arch!r}; choose from {_ARCHS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if head_dim is None and arch in ("mistral", "qwen3"):
+    if head_dim is None and arch in ("mistral", "qwen3", "gemma3"):
         head_dim = 2 * hidden_size // heads
     common = dict(
         vocab_size=vocab_size,
@@ -156,13 +159,17 @@ def make_hf_model(
         "qwen2": tf.Qwen2Config,
         "qwen3": tf.Qwen3Config,
         "mistral": tf.MistralConfig,
+        "gemma3": tf.Gemma3TextConfig,
+        "phi3": tf.Phi3Config,
     }[arch]
-    config = cls(**common)
-    config.rope_theta = rope_theta
-    if hasattr(config, "rope_parameters") and isinstance(config.rope_parameters, dict):
-        config.rope_parameters["rope_theta"] = rope_theta
+    overrides = dict(config_overrides or {})
     if arch == "mistral":
-        config.sliding_window = None  # tvmlm runs without a sliding window (support_sliding_window 0)
+        overrides.setdefault("sliding_window", None)  # transformers' default (4096) is past the context
+    config = cls(**common, **overrides)
+    rope = getattr(config, "rope_parameters", None)
+    if "rope_parameters" not in overrides and isinstance(rope, dict) and "full_attention" not in rope:
+        config.rope_theta = rope_theta
+        rope["rope_theta"] = rope_theta
 
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -198,7 +205,6 @@ def _tokenizer_object(vocab_size: int):
 # --------------------------------------------------------------------------------------------
 # GGUF
 
-_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 _BLOCK = {
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -241,21 +247,23 @@ def make_gguf_model(
     *,
     pre: str = "default",
     seed: int = 0,
+    vocab: str = "bpe",
 ) -> Path:
     """Convert a tiny HF model dir (from `make_hf_model`) into a GGUF file the way llama.cpp would.
 
     `tensor_type` is a GGML type name for all 2-D weights, or a function (gguf_name, shape) -> name;
     1-D tensors stay F32. Q4_K/Q5_K/Q6_K tensors get random content (see `_KQUANT_F16_FIELDS`).
+    `vocab` "spm" writes a SentencePiece vocabulary of the same size (tiny_vocabs.py) instead of
+    the HF directory's byte-level BPE.
     """
     import gguf
-    from safetensors.numpy import load_file
+    from tiny_archs import GGUF_ARCH, add_arch_extras, rope_theta
 
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     cfg = json.loads((hf_dir / "config.json").read_text())
-    arch = _GGUF_ARCH[cfg["model_type"]]
+    arch = GGUF_ARCH[cfg["model_type"]]
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    rope_theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
 
     w = gguf.GGUFWriter(str(out_path), arch)
     w.add_name("tiny")
@@ -268,9 +276,24 @@ def make_gguf_model(
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(rope_theta)
+    w.add_rope_freq_base(rope_theta(cfg))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_arch_extras(w, cfg, arch, head_dim)
+    if vocab == "spm":
+        from tiny_vocabs import add_sentencepiece_vocab
 
+        add_sentencepiece_vocab(w, cfg["vocab_size"], "gemma" if arch == "gemma3" else "llama")
+    else:
+        _add_bpe_vocab(w, hf_dir, cfg, pre)
+    _write_tensors(w, hf_dir, arch, cfg, tensor_type, np.random.default_rng(seed))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out_path
+
+
+def _add_bpe_vocab(w, hf_dir: Path, cfg: dict, pre: str) -> None:
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tok_cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
     vocab = dict(tok["model"]["vocab"])
@@ -297,13 +320,23 @@ def make_gguf_model(
     if tpl:
         w.add_chat_template(tpl)
 
-    rng = np.random.default_rng(seed)
+
+def _write_tensors(w, hf_dir: Path, arch: str, cfg: dict, tensor_type, rng) -> None:
+    import gguf
+    from safetensors.numpy import load_file
+    from tiny_archs import convert_tensor, gguf_tensor_name
+
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     state = {}
     for f in sorted(hf_dir.glob("*.safetensors")):
         state.update(load_file(f))
     for hf_name, t in state.items():
         t = t.astype(np.float32)
-        name = _gguf_name(hf_name)
+        if arch in ("llama", "qwen2", "qwen3"):
+            name = _gguf_name(hf_name)
+        else:
+            name = gguf_tensor_name(arch, hf_name, cfg["num_hidden_layers"])
+        t = convert_tensor(arch, name, t)
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             t = _llamacpp_permute(t, heads if ".attn_q." in name else kv_heads)
         qname = "F32" if t.ndim == 1 else (tensor_type(name, t.shape) if callable(tensor_type) else tensor_type)
@@ -314,11 +347,6 @@ def make_gguf_model(
             w.add_tensor(name, _random_kquant(t.shape, qtype, rng), raw_dtype=qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out_path
 
 
 def _random_kquant(shape: tuple, qtype, rng) -> np.ndarray:

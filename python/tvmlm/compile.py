@@ -139,9 +139,16 @@ def weights_fingerprint(files: list[str]) -> str:
 
 
 def lib_key(hf_config: dict[str, Any], target: dict[str, Any], options: CompileOptions) -> str:
+    """Keyed on the numbers that shape the graph (`LlamaConfig`), not the config file: an HF
+    directory and a GGUF of one model share a library. Raises ValueError for a config that no
+    model definition implements, so it is refused before anything is compiled."""
+    from dataclasses import asdict
+
+    from .models.llama_config import LlamaConfig
+
     return _digest(
         {
-            "config": hf_config,
+            "config": asdict(LlamaConfig.from_hf(hf_config)),
             "target": target,
             "options": options.as_dict(),
             "tvmlm": __version__,

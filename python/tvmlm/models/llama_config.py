@@ -71,7 +71,12 @@ class LlamaConfig:
             elif kind != "llama3":
                 raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: llama3")
             else:
-                rope_scaling["rope_type"] = "llama3"
+                # the numbers that shape the graph only (transformers 5 also keeps rope_theta here),
+                # so an HF directory and its GGUF give one config
+                rope_scaling = {"rope_type": "llama3", "factor": float(rope_scaling["factor"]),
+                                "low_freq_factor": float(rope_scaling.get("low_freq_factor", 1.0)),
+                                "high_freq_factor": float(rope_scaling.get("high_freq_factor", 4.0)),
+                                "original_max_position_embeddings": int(rope_scaling.get("original_max_position_embeddings", 8192))}
         context = config.get("max_position_embeddings") or 4096
         return LlamaConfig(
             model_type=family,

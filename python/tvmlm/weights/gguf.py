@@ -46,6 +46,8 @@ _BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Tensors that are configuration, not weights: rope_freqs (Llama 3.x rope scaling, see gguf_rope.py).
+_CONFIG_TENSORS = ("rope_freqs.weight",)
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
@@ -67,21 +69,13 @@ def load_gguf(path: Path) -> LoadedModel:
             f"unsupported GGUF architecture {arch!r} in {str(path)!r}; "
             f"supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
         )
-    names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names:
-        # llama.cpp stores Llama-3.1-style rope scaling as per-frequency factors with no metadata
-        # from which the HF rope_scaling dict could be rebuilt; ignoring it would be silently wrong.
-        raise ValueError(
-            f"{str(path)!r} uses llama3-style rope scaling (rope_freqs.weight), which tvmlm cannot "
-            "load from GGUF yet; use the model's Hugging Face directory instead"
-        )
     for t in reader.tensors:
         if t.tensor_type not in SUPPORTED_TENSOR_TYPES:
             raise ValueError(
                 f"unsupported GGUF quantization type {t.tensor_type.name} (tensor {t.name!r}) in "
                 f"{str(path)!r}; supported: {', '.join(q.name for q in SUPPORTED_TENSOR_TYPES)}"
             )
-        if hf_tensor_name(t.name) is None:
+        if hf_tensor_name(t.name) is None and t.name not in _CONFIG_TENSORS:
             raise ValueError(f"unexpected tensor {t.name!r} in {arch} GGUF file {str(path)!r}")
 
     if (kind := meta.get("tokenizer.ggml.model")) not in TOKENIZER_MODELS:
@@ -160,7 +154,15 @@ def _config(meta: _Metadata, reader: GGUFReader, arch: str) -> dict[str, Any]:
     if (n := meta.array_len("tokenizer.ggml.tokens")) is not None and n != vocab:
         config["tokenizer_vocab_size"] = n
     scaling = key("rope.scaling.type")
-    if scaling and scaling != "none":
+    if "rope_freqs.weight" in tensors:
+        from .gguf_rope import llama3_scaling_from_divisors
+
+        divisors = np.asarray(tensors["rope_freqs.weight"].data, dtype=np.float32)
+        rope_scaling = llama3_scaling_from_divisors(
+            divisors, config["rope_theta"], key("rope.scaling.original_context_length"))
+        if rope_scaling is not None:
+            config["rope_scaling"] = rope_scaling
+    elif scaling and scaling != "none":
         rope_scaling = {"rope_type": scaling, "factor": key("rope.scaling.factor", 1.0)}
         if (orig := key("rope.scaling.original_context_length")) is not None:
             rope_scaling["original_max_position_embeddings"] = orig
@@ -198,6 +200,8 @@ _BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
 def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None) -> Iterator[tuple[str, Any]]:
     for t in reader.tensors:
         name = hf_tensor_name(t.name)
+        if name is None:  # configuration tensors (_CONFIG_TENSORS), read by _config
+            continue
         # Only llama-arch files were permuted (qwen2/qwen3 use HF's rope layout in llama.cpp).
         permuted = arch == "llama" and (".attn_q." in t.name or ".attn_k." in t.name)
         heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]

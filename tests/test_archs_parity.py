@@ -1,0 +1,50 @@
+"""Greedy parity with transformers per architecture, from Hugging Face directories and from GGUF
+files of the same weights (written the way llama.cpp's converter writes them). An HF directory and
+its GGUF share one compiled library (the cache keys on the graph's config), so each architecture
+compiles once. Float32 weights, exact float paths."""
+
+import numpy as np
+import pytest
+
+from test_core_model import TOL, core_greedy, hf_greedy, hf_model, new_model
+
+PROMPT = [1, 17, 300, 42, 42, 7, 599, 123, 5]
+
+
+@pytest.fixture(scope="session")
+def gguf_package(tiny_model_dir, tiny_package, tmp_path_factory):
+    """Factory: (name in TINY_MODELS, vocab) -> the compiled package of its F32 GGUF."""
+    from tiny_models import make_gguf_model
+
+    from tvmlm.compile import prepare_package
+
+    made = {}
+
+    def get(name: str, vocab: str = "bpe"):
+        if (name, vocab) not in made:
+            hf_pkg = tiny_package(name)
+            path = make_gguf_model(tiny_model_dir(name), tmp_path_factory.mktemp(f"gguf-{name}") / "m.gguf", vocab=vocab)
+            pkg = prepare_package(path, "cpu", progress=False)
+            # the GGUF's config is the HF directory's: same library, nothing compiled again
+            assert not pkg.compiled and (pkg.path / "lib.so").resolve() == (hf_pkg.path / "lib.so").resolve()
+            made[name, vocab] = pkg
+        return made[name, vocab]
+
+    return get
+
+
+def _assert_greedy_equal(pkg_path, hf_dir, steps=24, prompt=PROMPT):
+    ref_logits, ref_tokens = hf_greedy(hf_model(hf_dir), prompt, steps)
+    m = new_model(pkg_path)
+    m.add_sequence(0)
+    logits, tokens = core_greedy(m, 0, list(prompt), steps)
+    assert tokens == ref_tokens
+    assert np.max(np.abs(logits - ref_logits)) <= TOL
+
+
+def test_llama3_rope_freqs_gguf_with_sentencepiece_vocab(gguf_package, tiny_model_dir):
+    """A Llama 3.x GGUF (rope scaling only as rope_freqs.weight) with a SentencePiece vocabulary:
+    the same tokens as transformers on the HF directory."""
+    pkg = gguf_package("llama", vocab="spm")
+    assert pkg.metadata["vocab_size"] == 611
+    _assert_greedy_equal(pkg.path, tiny_model_dir("llama"))
