@@ -2,7 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <cstdint>
 #include <new>
+#include <utility>
 #include <stdexcept>
 
 namespace tvmlm {
@@ -13,11 +15,11 @@ constexpr size_t kHugePage = size_t{2} << 20;
 
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-// The tensor's data is a view; the shared_ptr keeps the arena alive until the last view goes.
-struct ArenaView {
-  std::shared_ptr<HostArena> arena;
-  size_t offset;
-  void AllocData(DLTensor* tensor) { tensor->data = arena->data() + offset; }
+// The tensor's data is a view; the shared_ptr keeps its owner alive until the last view goes.
+struct OwnedView {
+  std::shared_ptr<const void> owner;
+  const void* data;
+  void AllocData(DLTensor* tensor) { tensor->data = const_cast<void*>(data); }
   void FreeData(DLTensor*) {}
 };
 
@@ -41,10 +43,13 @@ HostArena::~HostArena() {
   if (mapping_ != nullptr && mapping_ != MAP_FAILED) munmap(mapping_, mapped_);
 }
 
-tvm::ffi::Tensor ArenaTensor(const std::shared_ptr<HostArena>& arena, size_t offset,
-                             tvm::ffi::ShapeView shape, DLDataType dtype) {
-  if (offset % 64 != 0) throw std::invalid_argument("ArenaTensor: offset must be 64-byte aligned");
-  return tvm::ffi::Tensor::FromNDAlloc(ArenaView{arena, offset}, shape, dtype, DLDevice{kDLCPU, 0});
+tvm::ffi::Tensor HostTensorView(std::shared_ptr<const void> owner, const void* data,
+                                tvm::ffi::ShapeView shape, DLDataType dtype) {
+  if (reinterpret_cast<uintptr_t>(data) % 64 != 0) {
+    throw std::invalid_argument("HostTensorView: data must be 64-byte aligned");
+  }
+  return tvm::ffi::Tensor::FromNDAlloc(OwnedView{std::move(owner), data}, shape, dtype,
+                                       DLDevice{kDLCPU, 0});
 }
 
 }  // namespace tvmlm

@@ -1,8 +1,8 @@
-// HostArena: one block of host memory for all of a model's weights, backed by transparent huge
-// pages where the kernel offers them (madvise mode, the common default).
-//
-// Batch-1 decode reads every weight once per token. With 4 KiB pages that is a TLB miss, and a
-// stop for the hardware prefetchers, every 4 KiB of a ~100 MB stream; 2 MiB pages remove both.
+// HostArena: one block of host memory for a model's weights when they cannot be used in place
+// from the mapped params file (tensors not 64-byte aligned: packages written before alignment),
+// backed by transparent huge pages where the kernel offers them (madvise mode, the common
+// default). HostTensorView: a CPU tensor over memory someone else owns (the arena, or the mapped
+// params file itself, the usual case: no copy, pages shared with the page cache).
 #ifndef TVMLM_MODEL_HOST_ARENA_H_
 #define TVMLM_MODEL_HOST_ARENA_H_
 
@@ -30,11 +30,11 @@ class HostArena {
 };
 
 /*!
- * \brief A CPU tensor viewing `arena` at `offset` (64-byte aligned); the arena lives as long as any
- * of its tensors.
+ * \brief A CPU tensor viewing `data` (64-byte aligned), memory that `owner` keeps alive: the owner
+ * (an arena, a mapped file) lives as long as any of its tensors.
  */
-tvm::ffi::Tensor ArenaTensor(const std::shared_ptr<HostArena>& arena, size_t offset,
-                             tvm::ffi::ShapeView shape, DLDataType dtype);
+tvm::ffi::Tensor HostTensorView(std::shared_ptr<const void> owner, const void* data,
+                                tvm::ffi::ShapeView shape, DLDataType dtype);
 
 }  // namespace tvmlm
 

@@ -127,10 +127,10 @@ ffi::Function Model::RequireFunction(const std::string& name) const {
 }
 
 void Model::LoadParams(const std::string& path) {
-  SafetensorsFile file(path);
+  auto file = std::make_shared<const SafetensorsFile>(path);
   std::vector<const SafetensorsFile::Entry*> entries;
   for (const ParamInfo& info : metadata_.params) {
-    const SafetensorsFile::Entry* entry = file.Find(info.name);
+    const SafetensorsFile::Entry* entry = file->Find(info.name);
     if (entry == nullptr) {
       throw std::runtime_error("parameter '" + info.name + "' is missing from " + path);
     }
@@ -143,19 +143,34 @@ void Model::LoadParams(const std::string& path) {
   }
   ffi::Array<ffi::Any> params;
   if (device_.device_type == kDLCPU) {
-    // All weights in one huge-page arena (see host_arena.h), each at a 64-byte boundary.
-    std::vector<size_t> offsets;
-    size_t total = 0;
+    bool aligned = true;
     for (const SafetensorsFile::Entry* entry : entries) {
-      offsets.push_back(total);
-      total += (entry->nbytes + 63) / 64 * 64;
+      aligned = aligned && reinterpret_cast<uintptr_t>(entry->data) % 64 == 0;
     }
-    auto arena = std::make_shared<HostArena>(total);
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const ParamInfo& info = metadata_.params[i];
-      std::memcpy(arena->data() + offsets[i], entries[i]->data, entries[i]->nbytes);
-      params.push_back(ArenaTensor(arena, offsets[i], ffi::Shape(info.shape),
-                                   ffi::StringToDLDataType(info.dtype)));
+    if (aligned) {
+      // The weights are used where the file is mapped: no copy, no anonymous memory, pages
+      // shared with the page cache (and with other processes serving the same package).
+      file->Populate();
+      for (size_t i = 0; i < entries.size(); ++i) {
+        const ParamInfo& info = metadata_.params[i];
+        params.push_back(HostTensorView(file, entries[i]->data, ffi::Shape(info.shape),
+                                        ffi::StringToDLDataType(info.dtype)));
+      }
+    } else {
+      // A package whose tensors are not 64-byte aligned: copy into one huge-page arena.
+      std::vector<size_t> offsets;
+      size_t total = 0;
+      for (const SafetensorsFile::Entry* entry : entries) {
+        offsets.push_back(total);
+        total += (entry->nbytes + 63) / 64 * 64;
+      }
+      auto arena = std::make_shared<HostArena>(total);
+      for (size_t i = 0; i < entries.size(); ++i) {
+        const ParamInfo& info = metadata_.params[i];
+        std::memcpy(arena->data() + offsets[i], entries[i]->data, entries[i]->nbytes);
+        params.push_back(HostTensorView(arena, arena->data() + offsets[i], ffi::Shape(info.shape),
+                                        ffi::StringToDLDataType(info.dtype)));
+      }
     }
   } else {
     const ffi::Function& alloc = Global("runtime.TVMTensorAllocWithScope");

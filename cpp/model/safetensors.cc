@@ -92,6 +92,17 @@ SafetensorsFile::~SafetensorsFile() {
   if (mapping_ != nullptr) munmap(mapping_, mapping_size_);
 }
 
+void SafetensorsFile::Populate() const {
+  if (mapping_ == nullptr) return;
+#ifdef MADV_HUGEPAGE
+  madvise(mapping_, mapping_size_, MADV_HUGEPAGE);  // file THP where the kernel and fs allow it
+#endif
+#ifdef MADV_POPULATE_READ
+  if (madvise(mapping_, mapping_size_, MADV_POPULATE_READ) == 0) return;
+#endif
+  madvise(mapping_, mapping_size_, MADV_WILLNEED);  // older kernels: read ahead at least
+}
+
 const SafetensorsFile::Entry* SafetensorsFile::Find(const std::string& name) const {
   auto it = entries_.find(name);
   return it == entries_.end() ? nullptr : &it->second;

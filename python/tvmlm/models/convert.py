@@ -111,12 +111,14 @@ def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, Any]]) -> 
 
 
 def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress: bool = True) -> None:
-    """Convert the model's HF tensors to the package's params.safetensors, checking every shape."""
-    from safetensors.numpy import save_file
+    """Convert the model's HF tensors to the package's params.safetensors, checking every shape.
+
+    Streams: each converted tensor is written to its place in the file (`params_file.ParamsWriter`)
+    and dropped, so memory holds the source mapping plus about one fused weight, not the model."""
+    from .params_file import ParamsWriter
 
     cfg = LlamaConfig.from_hf(loaded.config)
     expected = {p["name"]: p for p in metadata["params"]}
-    out: dict[str, np.ndarray] = {}
     if progress:
         from ..compile import progress_bar  # tqdm (+ compile's filelock): only when a bar is shown
 
@@ -127,7 +129,7 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
 
     formats = metadata.get("weight_formats") or {}
     keep = keep_packed_predicate(formats) if any(f != "f32" for f in formats.values()) else None
-    with bar_cm as bar:
+    with bar_cm as bar, ParamsWriter(out_path, metadata["params"]) as writer:
         for name, weight in convert_hf_tensors(cfg, loaded.tensors(keep) if keep else loaded.tensors()):
             planned = _planned_format(name, formats)
             if isinstance(weight, PackedWeight) and weight.fmt != planned:
@@ -145,18 +147,20 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
                     pieces[f"{base}.min"] = minimum
             else:
                 pieces = {name: weight}
+            del weight
             for piece_name, array in pieces.items():
                 spec = expected.get(piece_name)
                 if spec is None:
                     raise ValueError(f"weight {piece_name!r} has no place in the {cfg.model_type} model")
                 if list(array.shape) != spec["shape"]:
                     raise ValueError(f"weight {piece_name!r} has shape {list(array.shape)}, the model expects {spec['shape']}")
-                out[piece_name] = np.ascontiguousarray(array.astype(spec["dtype"], copy=False))
+                writer.write(piece_name, array.astype(spec["dtype"], copy=False))
                 bar.update()
-    missing = sorted(set(expected) - set(out))
+            del pieces
+        missing = writer.missing()
     if missing:
+        out_path.unlink(missing_ok=True)
         raise ValueError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    save_file(out, str(out_path))
 
 
 class _NoBar:
