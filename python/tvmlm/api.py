@@ -1,36 +1,36 @@
 """The OpenAI-shaped request APIs of an Engine: `engine.chat.completions` and `engine.completions`.
 
-Each `create()` validates the request (protocol.py), turns it into prompt token ids, submits it
-through `Engine._generate`, and shapes the outputs as whole responses or streamed chunks.
+Each `create()` validates the request (protocol.py), turns it into prompt token ids, starts it on
+the engine's `generation.Generator`, and shapes the outputs as whole responses or streamed chunks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import protocol
-
-if TYPE_CHECKING:
-    from .engine import Engine, _Output, _Timing
+from .generation import Generator, Output, Timing
 
 
 class _ChatCompletions:
-    def __init__(self, engine: "Engine"):
-        self._engine = engine
+    def __init__(self, generator: Generator, model_name: str):
+        self._generator = generator
+        self._model_name = model_name
 
     def create(self, *, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any):
         """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks when stream."""
-        engine = self._engine
-        engine._check_open()
+        generator = self._generator
+        generator.check_open()
         req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
-        rendered = engine.tokenizer.apply_chat_template(
+        rendered = generator.tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
         )
-        prompt_ids = engine.tokenizer.encode(rendered, add_special_tokens=False)
-        outputs, timing = engine._generate(prompt_ids, req)
-        model = req.model or engine.model_name
+        prompt_ids = generator.tokenizer.encode(rendered, add_special_tokens=False)
+        request = generator.start(prompt_ids, req)
+        outputs, timing = request.outputs(), request.timing
+        model = req.model or self._model_name
         if stream:
             return _chat_chunks(outputs, timing, model, req.include_usage)
         texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
@@ -45,7 +45,7 @@ class _Usage:
         self.prompt_tokens = 0
         self.completion: dict[int, int] = {}
 
-    def add(self, out: _Output) -> None:
+    def add(self, out: Output) -> None:
         self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
         self.completion[out.index] = out.completion_tokens
 
@@ -54,7 +54,7 @@ class _Usage:
         return sum(self.completion.values())
 
 
-def _collect(outputs: Iterator[_Output], n: int) -> tuple[list[str], list[str], int, int]:
+def _collect(outputs: Iterator[Output], n: int) -> tuple[list[str], list[str], int, int]:
     """(texts, finish reasons) by choice index, prompt tokens, completion tokens of all choices."""
     parts: list[list[str]] = [[] for _ in range(n)]
     finishes: list[str | None] = [None] * n
@@ -67,7 +67,7 @@ def _collect(outputs: Iterator[_Output], n: int) -> tuple[list[str], list[str], 
     return ["".join(p) for p in parts], finishes, usage.prompt_tokens, usage.completion_tokens
 
 
-def _chat_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
+def _chat_chunks(outputs: Iterator[Output], timing: Timing, model: str, include_usage: bool):
     chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
     started: set[int] = set()  # choices whose first chunk (with the role) went out
     usage = _Usage()
@@ -90,25 +90,27 @@ def _chat_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, includ
 
 
 class Chat:
-    def __init__(self, engine: "Engine"):
-        self.completions = _ChatCompletions(engine)
+    def __init__(self, generator: Generator, model_name: str):
+        self.completions = _ChatCompletions(generator, model_name)
 
 
 class Completions:
-    def __init__(self, engine: "Engine"):
-        self._engine = engine
+    def __init__(self, generator: Generator, model_name: str):
+        self._generator = generator
+        self._model_name = model_name
 
     def create(self, *, prompt: str | list[int], stream: bool = False, **kwargs: Any):
         """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
-        engine = self._engine
-        engine._check_open()
+        generator = self._generator
+        generator.check_open()
         req = protocol.CompletionRequest.parse({"prompt": prompt, "stream": stream, **kwargs})
         if isinstance(req.prompt, str):
-            prompt_ids = engine.tokenizer.encode(req.prompt, add_special_tokens=True)
+            prompt_ids = generator.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
-        outputs, timing = engine._generate(prompt_ids, req)
-        model = req.model or engine.model_name
+        request = generator.start(prompt_ids, req)
+        outputs, timing = request.outputs(), request.timing
+        model = req.model or self._model_name
         if stream:
             return _completion_chunks(outputs, timing, model, req.include_usage)
         texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
@@ -116,7 +118,7 @@ class Completions:
                                          usage_extra=timing.usage_extra())
 
 
-def _completion_chunks(outputs: Iterator[_Output], timing: _Timing, model: str, include_usage: bool):
+def _completion_chunks(outputs: Iterator[Output], timing: Timing, model: str, include_usage: bool):
     chunk_id, created = protocol.new_completion_id(), int(time.time())
     usage = _Usage()
     try:

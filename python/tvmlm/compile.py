@@ -28,21 +28,17 @@ from typing import Any
 
 from filelock import FileLock
 
-from . import __version__
+from ._version import __version__
+from .config import model_kv_dtype
+from .errors import ConfigError, ModelError, TvmlmError
 
 logger = logging.getLogger("tvmlm")
 
-PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json", "manifest.json")
-LIB_FILES = ("lib.so", "metadata.json", "manifest.json")
+# A package's files (a directory holding them all is a compiled package); a cache entry also has
+# a manifest.json, written last.
+PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json")
+LIB_FILES = ("lib.so", "metadata.json")
 PAGE_SIZE = 16
-
-
-def progress_bar(**kwargs):
-    """A tqdm bar without tqdm's monitor thread (an Engine must not leave threads behind)."""
-    import tqdm
-
-    tqdm.tqdm.monitor_interval = 0
-    return tqdm.tqdm(**kwargs)
 
 
 def cache_dir() -> Path:
@@ -172,15 +168,13 @@ def _entry_is_valid(directory: Path, key: str, files: tuple[str, ...]) -> bool:
     sizes = manifest.get("sizes", {})
     for name in files:
         path = directory / name
-        if name == "manifest.json":
-            continue
         if not path.is_file() or path.stat().st_size != sizes.get(name):
             return False
     return True
 
 
 def _write_manifest(directory: Path, key: str, files: tuple[str, ...], extra: dict[str, Any]) -> None:
-    sizes = {name: (directory / name).stat().st_size for name in files if name != "manifest.json"}
+    sizes = {name: (directory / name).stat().st_size for name in files}
     manifest = {"key": key, "sizes": sizes, "created": time.time(), **extra}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -301,6 +295,7 @@ def _build_library(
     progress: bool,
 ) -> None:
     from .models.build import build_module
+    from .models.progress import progress_bar
 
     lib_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=lib_dir.parent))
@@ -348,8 +343,6 @@ def _build_package(loaded, lib_dir: Path, pkg_dir: Path, key: str, progress: boo
 
 def check_target(metadata: dict[str, Any], device_kind: str, what: str) -> None:
     """Raise ModelError unless a library's metadata says it was compiled for `device_kind`."""
-    from .errors import ModelError
-
     want = "llvm" if device_kind == "cpu" else device_kind
     if metadata.get("target") != want:
         raise ModelError(
@@ -365,7 +358,6 @@ def package_with_library(model_path: str | os.PathLike, model_lib: str | os.Path
     metadata.json (written beside every lib.so tvmlm builds) is checked against the model's config.
     """
     from . import weights
-    from .errors import ModelError
 
     lib = Path(model_lib).expanduser().resolve()
     meta_path = lib.parent / "metadata.json"
@@ -398,3 +390,63 @@ def package_with_library(model_path: str | os.PathLike, model_lib: str | os.Path
         if not _entry_is_valid(pkg_dir, f"ext-{key}", PACKAGE_FILES):
             _build_package(loaded, lib.parent, pkg_dir, f"ext-{key}", progress, lib_file=lib)
     return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=False)
+
+
+def resolve_package(
+    model: str | os.PathLike, device_kind: str, model_lib: str | None = None, quantization: str | None = None,
+    kv_dtype: str | None = None,
+) -> tuple[Path, dict, bool]:
+    """Return (package dir, metadata, compiled?) for `model` (a compiled package, or weights that are
+    compiled with `model_lib` or into the cache), raising ModelError/ConfigError with the fix."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model={str(model)!r} does not exist; expected a Hugging Face model directory "
+            "(config.json + *.safetensors + tokenizer), a .gguf file, or a compiled tvmlm package"
+        )
+    compiled_already = path.is_dir() and all((path / f).exists() for f in PACKAGE_FILES)
+    if quantization is not None and (compiled_already or model_lib is not None):
+        raise ConfigError(
+            f"quantization={quantization!r} applies when tvmlm compiles the model, but "
+            + ("model_lib was given" if model_lib is not None else f"model={str(model)!r} is already a compiled package")
+            + "; leave quantization=None"
+        )
+    if compiled_already:
+        if model_lib is not None:
+            raise ConfigError(
+                f"model_lib={model_lib!r} was given, but model={str(model)!r} is already a compiled package "
+                "with its own lib.so; pass one or the other"
+            )
+        meta = json.loads((path / "metadata.json").read_text())
+        check_kv_dtype(kv_dtype, meta, f"the compiled package {str(path)!r}")
+        check_target(meta, device_kind, f"model library {str(path / 'lib.so')!r}")
+        return path, meta, False
+
+    try:
+        if model_lib is not None:
+            pkg = package_with_library(path, model_lib, device_kind)
+            check_kv_dtype(kv_dtype, pkg.metadata, f"model_lib={model_lib!r}")
+        else:
+            # The cache key does not yet tell CUDA architectures apart (needs a compute-capability
+            # query in _core); the library is compiled for the GPU the compiling process sees.
+            options = CompileOptions(quantization=quantization, kv_dtype=kv_dtype)
+            pkg = prepare_package(path, device_kind, options=options)
+    except (FileNotFoundError, NotImplementedError) as exc:
+        raise ModelError(str(exc)) from exc
+    except ValueError as exc:
+        if isinstance(exc, TvmlmError):
+            raise
+        raise ModelError(str(exc)) from exc
+    return pkg.path, pkg.metadata, pkg.compiled
+
+
+def check_kv_dtype(kv_dtype: str | None, meta: dict, library: str) -> None:
+    """The KV cache dtype is compiled into the library: a different one cannot be chosen later."""
+    if kv_dtype is None:
+        return
+    compiled = model_kv_dtype(meta)
+    if kv_dtype != compiled:
+        raise ConfigError(
+            f"kv_dtype={kv_dtype!r}, but {library} was compiled with a {compiled} KV cache; "
+            f"leave kv_dtype=None or {compiled!r}, or compile from the model's weights"
+        )

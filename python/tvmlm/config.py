@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 from .devices import host_cpu_count
 from .errors import ConfigError, ModelError, OutOfMemoryError
+from .models.packed import QUANTIZATIONS
 
 MODES = ("local", "interactive", "server")
 KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -65,9 +66,6 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError.bad_value(name, value, f"an integer >= {minimum}, or None to derive it")
-
-
-QUANTIZATIONS = ("none", "q4_1", "q8_0")
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         a.prompt_lens, a.decode_tokens, a.concurrency = "16,64", 8, "4"
         a.peers = ",".join(x for x in a.peers.split(",") if x != "llama.cpp")
     else:
-        from tvmlm.cli import default_model_path
+        from tvmlm.default_model import default_model_path
 
         model = a.model or str(default_model_path())
     peers = [x for x in a.peers.split(",") if x]

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from tvmlm import Engine, EngineConfig
-    from tvmlm.cli import default_model_path
+    from tvmlm.default_model import default_model_path
 
     tmp = None
     if args.model is None:

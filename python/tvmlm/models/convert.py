@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import QUANTIZATIONS
 from .llama_config import LlamaConfig
+from .packed import QUANTIZATIONS, PackedWeight
 
 
 LINEAR_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -66,8 +66,6 @@ def keep_packed_predicate(formats: dict[str, str]):
 
 def _concat(parts: list) -> Any:
     """Row-concatenate dense arrays or packed weights of one format (a fused projection)."""
-    from ..weights import PackedWeight
-
     if all(isinstance(p, PackedWeight) for p in parts) and len({p.fmt for p in parts}) == 1:
         mins = None if parts[0].min is None else np.concatenate([p.min for p in parts])
         return PackedWeight(parts[0].fmt, np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]), mins)
@@ -120,13 +118,11 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
     cfg = LlamaConfig.from_hf(loaded.config)
     expected = {p["name"]: p for p in metadata["params"]}
     if progress:
-        from ..compile import progress_bar  # tqdm (+ compile's filelock): only when a bar is shown
+        from .progress import progress_bar
 
         bar_cm = progress_bar(total=len(expected), desc="convert weights", unit="tensor")
     else:
         bar_cm = contextlib.nullcontext(_NoBar())
-    from ..weights import PackedWeight
-
     formats = metadata.get("weight_formats") or {}
     keep = keep_packed_predicate(formats) if any(f != "f32" for f in formats.values()) else None
     with bar_cm as bar, ParamsWriter(out_path, metadata["params"]) as writer:

@@ -13,7 +13,8 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from . import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel, PackedWeight
+from ..models.packed import PackedWeight
+from .types import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel
 
 # Types we dequantize (all through gguf.quants); others fail at load() with a clear message.
 SUPPORTED_TENSOR_TYPES = (

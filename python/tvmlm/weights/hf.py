@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 from safetensors import safe_open
 
-from . import SUPPORTED_ARCHITECTURES, LoadedModel
+from .types import SUPPORTED_ARCHITECTURES, LoadedModel
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
