@@ -6,7 +6,7 @@
 
 #include <dlpack/dlpack.h>
 #include <tvmlm/config.h>
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <functional>
 #include <memory>
@@ -16,22 +16,6 @@
 #include "engine/engine_state.h"
 
 namespace tvmlm {
-
-/*!
- * \brief What metrics() reports: numbers copied out of the engine after every step (cheap), turned
- * into JSON only when someone asks (MetricsJSON).
- */
-struct MetricsSnapshot {
-  EngineMetrics counters;
-  int64_t running = 0, waiting = 0;
-  int64_t kv_tokens_used = 0, kv_tokens_total = 0, kv_pages_used = 0, kv_pages_total = 0;
-  bool prefix_cache = false;
-  int64_t prefix_cache_sequences = 0, prefix_cache_tokens = 0;
-  int64_t max_num_sequence = 0, prefill_chunk_size = 0, max_sequence_length = 0;
-};
-
-/*! \brief docs/contracts.md section 2's metrics object for the engine serving `model`. */
-std::string MetricsJSON(const std::string& model, const MetricsSnapshot& m);
 
 class Engine {
  public:

@@ -1,10 +1,12 @@
 // Everything one engine step reads and writes: the model, the request queues, the KV budget, the
-// prefix cache and the counters, plus the bookkeeping every scheduling action shares.
+// prefix cache and the counters, plus the bookkeeping every scheduling action shares. The methods
+// live by concern: engine_state.cc (limits, validation, capacity), prefix_match.cc,
+// request_lifecycle.cc (admit, fork, commit, preempt, finish) and collect_deltas.cc.
 #ifndef TVMLM_ENGINE_ENGINE_STATE_H_
 #define TVMLM_ENGINE_ENGINE_STATE_H_
 
 #include <tvmlm/config.h>
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <cstdint>
 #include <deque>
@@ -13,36 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/metrics.h"
 #include "engine/request_state.h"
 #include "kv/kv_budget.h"
 #include "kv/prefix_cache.h"
 #include "model/model.h"
 
 namespace tvmlm {
-
-struct EngineMetrics {
-  int64_t requests_finished = 0;
-  int64_t requests_errored = 0;
-  /*! \brief Prompt tokens of admitted requests, each request counted once. */
-  int64_t prompt_tokens = 0;
-  /*! \brief Sampled tokens. */
-  int64_t generated_tokens = 0;
-  /*! \brief Tokens run through prefill, recomputation after preemption included. */
-  int64_t prefill_tokens = 0;
-  double prefill_seconds = 0.0;
-  int64_t decode_tokens = 0;
-  double decode_seconds = 0.0;
-  int64_t preemptions = 0;
-  /*! \brief Tokens whose KV an admission forked (or took over) instead of computing. */
-  int64_t prefix_hit_tokens = 0;
-  /*! \brief Admissions that took over a cached sequence instead of forking it. */
-  int64_t prefix_takeovers = 0;
-  // Latencies of finished choices that produced tokens (seconds).
-  int64_t ttft_count = 0;
-  double ttft_sum = 0.0, ttft_max = 0.0;
-  int64_t itl_count = 0;
-  double itl_sum = 0.0, itl_max = 0.0;
-};
 
 using RequestPtr = std::unique_ptr<Request>;
 

@@ -4,7 +4,7 @@
 #define TVMLM_ENGINE_REQUEST_STATE_H_
 
 #include <tvmlm/config.h>
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <chrono>
 #include <cstdint>

@@ -7,7 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <tvmlm/engine.h>
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <chrono>
 #include <memory>
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/delta_router.h"
+#include "python/delta_router.h"
 #include "model/device.h"
 #include "model/model.h"
 #include "sampler/sampler.h"

@@ -1,6 +1,9 @@
-// Engine and generation configuration: plain structs, parsed from the JSON the Python layer sends.
+// Engine and generation configuration: plain structs, parsed from the JSON the Python layer (or a
+// C++ host) sends.
 #ifndef TVMLM_CONFIG_H_
 #define TVMLM_CONFIG_H_
+
+#include <tvmlm/export.h>
 
 #include <cstdint>
 #include <optional>
@@ -27,7 +30,7 @@ struct EngineConfig {
   int64_t prefix_cache_max_sequences = 16;
 
   /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
-  static EngineConfig FromJSON(const std::string& json);
+  TVMLM_API static EngineConfig FromJSON(const std::string& json);
 };
 
 /*! \brief Per-request sampling and stopping rules. */
@@ -47,7 +50,7 @@ struct GenerationConfig {
   int64_t n = 1;
 
   /*! \brief Parse and validate; throws std::invalid_argument naming the bad field. */
-  static GenerationConfig FromJSON(const std::string& json);
+  TVMLM_API static GenerationConfig FromJSON(const std::string& json);
 };
 
 }  // namespace tvmlm

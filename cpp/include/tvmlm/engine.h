@@ -14,7 +14,7 @@
 
 #include <tvmlm/config.h>
 #include <tvmlm/export.h>
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <cstdint>
 #include <functional>

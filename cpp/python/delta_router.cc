@@ -1,4 +1,4 @@
-#include "engine/delta_router.h"
+#include "python/delta_router.h"
 
 #include <algorithm>
 #include <stdexcept>

@@ -13,10 +13,10 @@
 // whenever such an inbox would wake its caller, its request id also goes to the router's
 // ReadySet, where one waiter thread collects them and wakes the right tasks; each task then takes
 // its deltas without blocking (Take with a zero timeout).
-#ifndef TVMLM_ENGINE_DELTA_ROUTER_H_
-#define TVMLM_ENGINE_DELTA_ROUTER_H_
+#ifndef TVMLM_PYTHON_DELTA_ROUTER_H_
+#define TVMLM_PYTHON_DELTA_ROUTER_H_
 
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -110,4 +110,4 @@ class DeltaRouter {
 
 }  // namespace tvmlm
 
-#endif  // TVMLM_ENGINE_DELTA_ROUTER_H_
+#endif  // TVMLM_PYTHON_DELTA_ROUTER_H_

@@ -1,4 +1,4 @@
-#include <tvmlm/request.h>
+#include <tvmlm/delta.h>
 
 namespace tvmlm {
 

@@ -1,6 +1,6 @@
-// What the engine streams back for each request.
-#ifndef TVMLM_REQUEST_H_
-#define TVMLM_REQUEST_H_
+// What the engine streams back for each request: one delta per choice per step.
+#ifndef TVMLM_DELTA_H_
+#define TVMLM_DELTA_H_
 
 #include <tvmlm/export.h>
 
@@ -42,4 +42,4 @@ struct RequestDelta {
 
 }  // namespace tvmlm
 
-#endif  // TVMLM_REQUEST_H_
+#endif  // TVMLM_DELTA_H_
