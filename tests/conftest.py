@@ -98,3 +98,43 @@ def tiny_engine(tiny_model_dir, tvmlm_cache_dir):
     engine = Engine(tiny_model_dir("llama"), device="cpu", engine_config=EngineConfig(max_num_sequence=8))
     yield engine
     engine.terminate()
+
+
+# ---- test tiers (markers declared in pyproject.toml) -----------------------------------------
+# unit: no compile; engine: compiles (tiny models sharing the session cache, or kernels); slow: the
+# real model, transformers parity on it, the C++ host build, the benchmark. A test's own marker
+# wins; otherwise the fixtures it uses decide, then its file's default below, else unit.
+TIERS = ("unit", "engine", "slow")
+_FIXTURE_TIERS = {"smollm2_engine": "slow", "smollm2_path": "slow", "tiny_engine": "engine", "tiny_package": "engine"}
+_FILE_TIERS = {
+    "test_bench.py": "slow",
+    "test_cpp_host.py": "slow",
+    "test_compile_cache.py": "engine",
+    "test_core_engine.py": "engine",
+    "test_core_model.py": "engine",
+    "test_cpu_attention.py": "engine",
+    "test_cpu_int8_matmul.py": "engine",
+    "test_cpu_norm.py": "engine",
+    "test_cpu_rope.py": "engine",
+    "test_cuda_pipeline.py": "engine",
+    "test_fast_math.py": "engine",
+    "test_scheduler.py": "engine",
+}
+
+
+def _tier(item) -> str:
+    own = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if own:
+        return own[0]
+    fixtures = getattr(item, "fixturenames", ())
+    for rank in ("slow", "engine"):
+        if any(_FIXTURE_TIERS.get(f) == rank for f in fixtures):
+            return rank
+    return _FILE_TIERS.get(item.path.name, "unit")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = _tier(item)
+        if not any(m.name == tier for m in item.iter_markers()):
+            item.add_marker(getattr(pytest.mark, tier))
