@@ -351,8 +351,12 @@ def test_trace_recorder_gets_step_events(pkg):
         h.collect(["t"])
     finally:
         h.close()
-    kinds = [json.loads(e)["event"] for e in events]
-    assert kinds[0] == "prefill" and kinds.count("decode") == 4
+    # Chrome trace events (tests/test_tracing.py checks the format): the request's async slice
+    # around one prefill and four decode steps.
+    kinds = [(json.loads(e)["ph"], json.loads(e)["name"]) for e in events]
+    steps = [name for ph, name in kinds if ph == "X"]
+    assert kinds[0] == ("b", "request") and kinds[-1] == ("e", "request")
+    assert steps[0] == "prefill" and steps.count("decode") == 4
 
 
 def test_reload_errors_and_recovery(pkg, tmp_path):

@@ -50,8 +50,13 @@ def chat(**kw) -> ChatCompletionRequest:
                                                           "not a supported field"]),
     ({"seed": "7"}, ["seed", "valid integer"]),
     ({"stream": "yes"}, ["stream", "valid boolean"]),
-    ({"tools": []}, ["tools", "not a supported field"]),
-    ({"response_format": {"type": "json_object"}}, ["response_format", "not a supported field"]),
+    ({"tools": [{"type": "function"}]}, ["tools[0].function", "is required"]),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, ["tools[0].function.name", "'a b'"]),
+    ({"tool_choice": "required"}, ["tool_choice='required' needs a non-empty tools list"]),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, ["names function 'g'", "['f']"]),
+    ({"response_format": {"type": "xml"}}, ["response_format.type", "'json_schema'", "'xml'"]),
+    ({"response_format": {"type": "json_schema"}}, ["json_schema is required"]),
 ])
 def test_chat_request_errors_name_field_and_allowed_values(kw, expected):
     with pytest.raises(RequestError) as info:
@@ -67,7 +72,9 @@ def test_chat_request_errors_name_field_and_allowed_values(kw, expected):
     ("Hi", ["messages", "non-empty list"]),
     ([{"role": "bot", "content": "x"}], ["messages[0].role", "'system'", "'user'", "'assistant'",
                                          "'tool'", "'bot'"]),
-    ([{"role": "user"}], ["messages[0].content", "is required"]),
+    ([{"role": "user"}], ["messages[0]", "content is required"]),
+    ([{"role": "tool", "content": "21"}], ["messages[0]", "tool_call_id"]),
+    ([{"role": "user", "content": "x", "tool_calls": []}], ["messages[0]", "only allowed in assistant"]),
     ([{"role": "user", "content": 3}], ["messages[0].content", "string or a list", "got 3"]),
     ([USER[0], {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
      ["messages[1].content", "only text"]),

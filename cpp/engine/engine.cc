@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include "engine/actions/actions.h"
+#include "engine/trace.h"
 
 namespace tvmlm {
 
@@ -11,6 +12,7 @@ Engine::Engine(const EngineConfig& config, DLDevice device, int64_t num_threads)
 void Engine::AddRequest(RequestPtr request, std::vector<RequestDelta>* out) {
   std::string error = request->error.empty() ? state_.Validate(*request) : request->error;
   Request* r = request.get();
+  TraceQueued(&state_, *r);
   state_.waiting.push_back(std::move(request));
   if (!error.empty()) state_.Finish(r, FinishReason::kError, error);
   state_.CollectDeltas(out);

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "engine/engine_state.h"
+#include "engine/trace.h"
 
 namespace tvmlm {
 
@@ -43,6 +44,7 @@ void EngineState::Admit(Request* request, const PrefixMatch& match) {
     request->ever_admitted = true;
     metrics.prompt_tokens += static_cast<int64_t>(request->prompt.size());
   }
+  TraceAdmitted(this, *request);
 }
 
 Request* EngineState::ForkChoice(Request* parent, int64_t index) {
@@ -61,6 +63,10 @@ Request* EngineState::ForkChoice(Request* parent, int64_t index) {
   child->num_computed = parent->num_computed;
   child->prefill_target = parent->prefill_target;
   child->status = RequestStatus::kRunning;
+  if (static_cast<size_t>(index) < parent->choice_constraints.size()) {
+    child->constraint = parent->choice_constraints[static_cast<size_t>(index)];
+  }
+  TraceForked(this, *child);
   running.push_back(std::move(child));
   return running.back().get();
 }
@@ -84,6 +90,7 @@ void EngineState::CommitToken(Request* request, int32_t token) {
       request->total_len() >= max_sequence_length) {
     Finish(request, FinishReason::kLength);
   }
+  if (request->constraint && !request->finished()) request->constraint->Accept(token);
 }
 
 void EngineState::RemoveSequence(int64_t seq_id) {
@@ -122,6 +129,7 @@ void EngineState::Finish(Request* request, FinishReason reason, const std::strin
   const int64_t choices = 1 + request->pending_forks;
   metrics.requests_finished += choices;
   if (reason == FinishReason::kError) metrics.requests_errored += choices;
+  TraceFinished(this, *request);
   if (!request->generated.empty()) {
     double ttft = Seconds(request->first_token_time - request->arrival);
     metrics.ttft_count += 1;
@@ -143,6 +151,7 @@ void EngineState::PreemptNewest() {
   FreeSequence(victim.get(), /*cacheable=*/false);  // freeing its pages is the point
   victim->status = RequestStatus::kWaiting;
   metrics.preemptions += 1;
+  TracePreempted(this, *victim);
   waiting.push_front(std::move(victim));
 }
 

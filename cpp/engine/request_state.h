@@ -6,8 +6,11 @@
 #include <tvmlm/config.h>
 #include <tvmlm/delta.h>
 
+#include <tvmlm/token_constraint.h>
+
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -54,6 +57,12 @@ struct Request {
   FinishReason finish_reason = FinishReason::kNotFinished;
   std::string error;
   SamplerRng rng;
+  /*! \brief Limits the tokens this choice may sample (structured output); null = none. */
+  std::shared_ptr<TokenConstraint> constraint;
+  /*! \brief One constraint per choice, handed to the choices as they are forked (else empty). */
+  std::vector<std::shared_ptr<TokenConstraint>> choice_constraints;
+  /*! \brief Scratch for the constraint's bitmask, reused across steps. */
+  std::vector<uint32_t> constraint_bitmask;
 
   Clock::time_point arrival;
   Clock::time_point first_token_time;

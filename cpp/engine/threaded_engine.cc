@@ -84,7 +84,8 @@ void ThreadedEngineImpl::Reset() {
 
 void ThreadedEngineImpl::AddRequest(const std::string& request_id,
                                     std::vector<int32_t> prompt_token_ids,
-                                    const std::string& generation_config_json) {
+                                    const std::string& generation_config_json,
+                                    std::vector<std::shared_ptr<TokenConstraint>> constraints) {
   // A bad generation config is the request's problem, not the caller's: it becomes an error
   // delta like any other unservable request.
   GenerationConfig config;
@@ -94,8 +95,16 @@ void ThreadedEngineImpl::AddRequest(const std::string& request_id,
   } catch (const std::exception& e) {
     error = e.what();
   }
+  if (error.empty() && !constraints.empty() && static_cast<int64_t>(constraints.size()) != config.n) {
+    error = "add_request: " + std::to_string(constraints.size()) + " token constraints for n = " +
+            std::to_string(config.n) + " choices (give none or one per choice)";
+  }
   auto request = std::make_unique<Request>(request_id, std::move(prompt_token_ids), config);
   request->error = error;
+  if (!constraints.empty() && error.empty()) {
+    request->constraint = constraints.front();
+    request->choice_constraints = std::move(constraints);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (exit_requested_) throw std::runtime_error("add_request: the engine has been shut down");

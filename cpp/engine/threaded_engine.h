@@ -35,7 +35,8 @@ class ThreadedEngineImpl final : public ThreadedEngine {
   void Unload() override;
   void Reset() override;
   void AddRequest(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                  const std::string& generation_config_json) override;
+                  const std::string& generation_config_json,
+                  std::vector<std::shared_ptr<TokenConstraint>> constraints = {}) override;
   void AbortRequest(const std::string& request_id) override;
   void RunBackgroundLoop() override;
   void RunBackgroundStreamBackLoop() override;

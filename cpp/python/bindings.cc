@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "constraint/grammar_mask.h"
+#include "engine/trace_buffer.h"
+#include "python/constraint_bindings.h"
 #include "python/delta_router.h"
 #include "model/device.h"
 #include "model/model.h"
@@ -145,9 +148,13 @@ class PyThreadedEngine {
       throw py::type_error("stream_callback must be callable or a tvmlm._core.DeltaRouter");
     }
     ThreadedEngine::TraceRecorder trace;
-    if (!trace_recorder.is_none()) {
+    if (py::isinstance<TraceBuffer>(trace_recorder)) {
+      // Kept in C++: recording never needs the GIL.
+      auto buffer = trace_recorder.cast<std::shared_ptr<TraceBuffer>>();
+      trace = [buffer](const std::string& event) { buffer->Record(event); };
+    } else if (!trace_recorder.is_none()) {
       if (!PyCallable_Check(trace_recorder.ptr())) {
-        throw py::type_error("trace_recorder must be callable or None");
+        throw py::type_error("trace_recorder must be callable, a tvmlm._core.TraceBuffer or None");
       }
       SharedCallable on_trace = ShareCallable(std::move(trace_recorder));
       trace = [on_trace](const std::string& event) {
@@ -338,6 +345,8 @@ PYBIND11_MODULE(_core, m) {
       .def("prefill", &PyModel::Prefill, py::arg("seq_ids"), py::arg("token_ids"))
       .def("decode", &PyModel::Decode, py::arg("seq_ids"), py::arg("token_ids"));
 
+  RegisterConstraintBindings(m);
+
   py::class_<PyThreadedEngine>(m, "ThreadedEngine")
       .def(py::init<>())
       .def("init", &PyThreadedEngine::Init, py::arg("device"), py::arg("stream_callback"),
@@ -348,9 +357,12 @@ PYBIND11_MODULE(_core, m) {
       .def("reset", [](PyThreadedEngine& e) { e->Reset(); }, release())
       .def("add_request",
            [](PyThreadedEngine& e, const std::string& id, std::vector<int32_t> prompt,
-              const std::string& cfg) { e->AddRequest(id, std::move(prompt), cfg); },
+              const std::string& cfg, std::vector<std::shared_ptr<GrammarMask>> masks) {
+             std::vector<std::shared_ptr<TokenConstraint>> constraints(masks.begin(), masks.end());
+             e->AddRequest(id, std::move(prompt), cfg, std::move(constraints));
+           },
            py::arg("request_id"), py::arg("prompt_token_ids"), py::arg("generation_config_json"),
-           release())
+           py::arg("token_masks") = std::vector<std::shared_ptr<GrammarMask>>(), release())
       .def("abort_request", [](PyThreadedEngine& e, const std::string& id) { e->AbortRequest(id); },
            py::arg("request_id"), release())
       .def("run_background_loop", [](PyThreadedEngine& e) { e->RunBackgroundLoop(); }, release())

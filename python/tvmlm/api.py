@@ -12,6 +12,8 @@ from typing import Any
 
 from . import protocol
 from .generation import Generator, Output, Timing
+from .protocol_structured import ChoiceDeltaToolCall
+from .tool_calls import ToolCallStream, ToolFormat, attach_tool_calls
 
 
 class _ChatCompletions:
@@ -24,18 +26,30 @@ class _ChatCompletions:
         generator = self._generator
         generator.check_open()
         req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
+        # Tools reach the template (and calls are parsed) unless tool_choice is "none".
+        use_tools = bool(req.tools) and req.tool_choice_mode != "none"
+        tool_format = ToolFormat.detect(generator.tokenizer.chat_template) if use_tools else None
         rendered = generator.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True
+            [m.template_view() for m in req.messages], add_generation_prompt=True,
+            tools=[t.model_dump(exclude_none=True) for t in req.tools] if use_tools else None,
         )
         prompt_ids = generator.tokenizer.encode(rendered, add_special_tokens=False)
-        request = generator.start(prompt_ids, req)
+        grammar = None
+        if req.response_format is not None or tool_format is not None:
+            from .grammar import chat_grammar
+
+            grammar = chat_grammar(req, tool_format)
+        request = generator.start(prompt_ids, req, grammar=grammar)
         outputs, timing = request.outputs(), request.timing
         model = req.model or self._model_name
         if stream:
-            return _chat_chunks(outputs, timing, model, req.include_usage)
+            return _chat_chunks(outputs, timing, model, req.include_usage, tool_format)
         texts, finishes, prompt_tokens, completion_tokens = _collect(outputs, req.n)
-        return protocol.build_chat_completion(model, texts, finishes, prompt_tokens, completion_tokens,
-                                              usage_extra=timing.usage_extra())
+        response = protocol.build_chat_completion(model, texts, finishes, prompt_tokens, completion_tokens,
+                                                  usage_extra=timing.usage_extra())
+        if tool_format is not None:
+            attach_tool_calls(response, tool_format)
+        return response
 
 
 class _Usage:
@@ -67,21 +81,35 @@ def _collect(outputs: Iterator[Output], n: int) -> tuple[list[str], list[str], i
     return ["".join(p) for p in parts], finishes, usage.prompt_tokens, usage.completion_tokens
 
 
-def _chat_chunks(outputs: Iterator[Output], timing: Timing, model: str, include_usage: bool):
+def _chat_chunks(outputs: Iterator[Output], timing: Timing, model: str, include_usage: bool,
+                 tool_format: ToolFormat | None = None):
     chunk_id, created = protocol.new_chat_completion_id(), int(time.time())
     started: set[int] = set()  # choices whose first chunk (with the role) went out
+    tool_streams: dict[int, ToolCallStream] = {}  # text that may turn into calls is held back
     usage = _Usage()
     try:
         for out in outputs:
             usage.add(out)
-            i = out.index
-            if out.text or out.finish_reason is None or i not in started:
-                yield protocol.build_chat_chunk(chunk_id, model, created, content=out.text,
+            i, text, finish = out.index, out.text, out.finish_reason
+            calls = None
+            if tool_format is not None:
+                held = tool_streams.setdefault(i, ToolCallStream(tool_format))
+                text = held.feed(text)
+                if finish is not None:
+                    text += held.finish()
+                    calls = held.calls
+                    finish = "tool_calls" if calls and finish == "stop" else finish
+            if text or i not in started:
+                yield protocol.build_chat_chunk(chunk_id, model, created, content=text,
                                                 role=i not in started, index=i)
                 started.add(i)
-            if out.finish_reason is not None:
+            if calls:
+                chunk = protocol.build_chat_chunk(chunk_id, model, created, content=None, index=i)
+                chunk.choices[0].delta.tool_calls = [ChoiceDeltaToolCall.of(k, c) for k, c in enumerate(calls)]
+                yield chunk
+            if finish is not None:
                 yield protocol.build_chat_chunk(chunk_id, model, created, content=None,
-                                                finish_reason=out.finish_reason, index=i)
+                                                finish_reason=finish, index=i)
         if include_usage:
             yield protocol.build_chat_usage_chunk(chunk_id, model, created, usage.prompt_tokens,
                                                   usage.completion_tokens, timing.usage_extra())

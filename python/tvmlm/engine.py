@@ -68,11 +68,13 @@ class Engine:
         model_lib: str | None = None,
         mode: str = "local",
         engine_config: EngineConfig | None = None,
+        enable_tracing: bool = False,
     ) -> None:
         self._closed = True  # until fully built: terminate()/__del__ must be safe on a half-made engine
         self._threads: list[threading.Thread] = []
         self._core = None
         self._router = None
+        self._trace = None
         self.generator: Generator | None = None
         t0 = time.perf_counter()
         # 1. validate the arguments before touching the disk.
@@ -103,7 +105,9 @@ class Engine:
 
         self._core = _core.ThreadedEngine()
         self._router = _core.DeltaRouter()  # the stream callback, in C++
-        self._core.init(str(self.device) if self.device.kind != "cpu" else "cpu:0", self._router, None)
+        # The trace recorder, in C++ too: recording an event never takes the GIL.
+        self._trace = _core.TraceBuffer() if enable_tracing else None
+        self._core.init(str(self.device) if self.device.kind != "cpu" else "cpu:0", self._router, self._trace)
         self._threads = [
             threading.Thread(target=self._core.run_background_loop, name="tvmlm-step-loop", daemon=True),
             threading.Thread(target=self._core.run_background_stream_back_loop, name="tvmlm-stream-back", daemon=True),
@@ -161,12 +165,27 @@ class Engine:
             self._core = None
             if self.generator is not None:
                 self.generator.core = None
+        if self.generator is not None:  # after the step loop, which may have waited on a mask
+            self.generator.close_grammar()
 
     # ---- requests ---------------------------------------------------------------------------
     def abort(self, request_id: str) -> None:
         """Abort a request; its stream ends with finish_reason "abort"."""
         if self.generator is not None:
             self.generator.abort(request_id)
+
+    def trace(self) -> dict[str, Any]:
+        """The engine's trace so far as a Chrome trace-event JSON object ({"traceEvents": [...]}:
+        json.dump it to a file Perfetto or chrome://tracing opens). Needs enable_tracing=True.
+        Events: each request's span from arrival to finish (admitted/preempted instants on it),
+        every prefill chunk and decode step with its requests, waits for grammar masks."""
+        if self._trace is None:
+            raise ConfigError("trace() needs Engine(..., enable_tracing=True)")
+        events = json.loads(self._trace.events_json())
+        names = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": f"tvmlm {self.model_name}"}},
+                 {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "step loop"}}]
+        return {"traceEvents": names + events, "displayTimeUnit": "ms",
+                "otherData": {"dropped_events": self._trace.dropped}}
 
     def metrics(self) -> dict[str, Any]:
         """The core's counters (docs/contracts.md section 2: queues, tokens and tokens/s, KV pages,

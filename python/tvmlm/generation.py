@@ -15,6 +15,7 @@ reuses it around its own wait) or `Request.outputs` (the blocking iterator the E
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,6 +187,8 @@ class Generator:
         self.sampling_defaults = sampling_defaults
         self.counters = {"requests": 0, "errors": 0}
         self.closed = False
+        self.grammar = None  # grammar.GrammarBackend, made by the first constrained request
+        self._grammar_lock = threading.Lock()
 
     def check_open(self) -> None:
         if self.closed:
@@ -232,9 +235,26 @@ class Generator:
                 "decoded together; lower n or raise max_num_sequence in EngineConfig"
             )
 
-    def submit(self, prompt_ids: list[int], generation: dict[str, Any], stream: bool = True) -> tuple[str, Any]:
+    def grammar_backend(self):
+        """The GrammarBackend (xgrammar is imported by the first constrained request)."""
+        with self._grammar_lock:
+            if self.grammar is None:
+                from .grammar import GrammarBackend
+
+                self.grammar = GrammarBackend(self.tokenizer, int(self.metadata["vocab_size"]),
+                                              self.tokenizer.eos_token_ids)
+            return self.grammar
+
+    def close_grammar(self) -> None:
+        """Join the grammar worker (after the core's loops: the step loop may wait on a mask)."""
+        if self.grammar is not None:
+            self.grammar.close()
+
+    def submit(self, prompt_ids: list[int], generation: dict[str, Any], stream: bool = True,
+               token_masks: list | None = None) -> tuple[str, Any]:
         """Validate and queue a request; (request id, its inbox). Without `stream` the inbox
-        delivers each choice whole, when it finishes (one wake-up)."""
+        delivers each choice whole, when it finishes (one wake-up). `token_masks`: one
+        `_core.GrammarMask` per choice for a grammar-constrained request."""
         self.check_open()
         self.check_prompt(prompt_ids, generation)
         request_id = uuid.uuid4().hex
@@ -242,17 +262,23 @@ class Generator:
         inbox = self.router.open(request_id, n, stream)  # before the add: no delta can come first
         self.counters["requests"] += 1
         try:
-            self.core.add_request(request_id, list(prompt_ids), json.dumps(generation))
+            self.core.add_request(request_id, list(prompt_ids), json.dumps(generation), token_masks or [])
         except BaseException:
             self.router.discard(request_id)
             raise
         return request_id, inbox
 
-    def start(self, prompt_ids: list[int], req: protocol._SamplingRequest) -> Request:
-        """Queue a parsed request; its `Request` yields the text of each choice."""
+    def start(self, prompt_ids: list[int], req: protocol._SamplingRequest, grammar: Any = None) -> Request:
+        """Queue a parsed request; its `Request` yields the text of each choice. `grammar` (a
+        grammar.GrammarSpec) constrains every choice."""
+        masks = None
+        if grammar is not None:
+            backend = self.grammar_backend()
+            masks = backend.masks(backend.compile(grammar), req.n)
         generation = self.generation_config(prompt_ids, req)
         # Stop strings are matched here, on text: they need every step, to abort the core in time.
-        request_id, inbox = self.submit(prompt_ids, generation, stream=req.stream or bool(req.stop))
+        request_id, inbox = self.submit(prompt_ids, generation, stream=req.stream or bool(req.stop),
+                                        token_masks=masks)
         streams = [
             TextStream(self.tokenizer.detokenizer(prompt_ids), StopStringMatcher(req.stop) if req.stop else None)
             for _ in range(req.n)

@@ -3,8 +3,8 @@
 Requests (`ChatCompletionRequest`, `CompletionRequest`) validate the arguments of
 `engine.chat.completions.create(...)` / `engine.completions.create(...)`. Any problem raises
 `RequestError` whose message names each bad field, what it got and what is allowed; unknown fields
-are refused rather than ignored, so an unsupported option (tools, response_format, ...) never
-silently changes nothing.
+are refused rather than ignored, so an unsupported option never silently changes nothing.
+`response_format`, `tools` and `tool_choice` use the types of protocol_structured.py.
 
 Responses (`ChatCompletion`, `ChatCompletionChunk`, `Completion`) have the field names and nesting
 of the `openai` package's types, so `openai.types.chat.ChatCompletion.model_validate(r.model_dump())`
@@ -30,8 +30,10 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 # StrictFloat takes ints (temperature=1) but not bools or numeric strings.
 
 from .errors import RequestError
+from .protocol_structured import (AssistantToolCall, ChoiceDeltaToolCall, ResponseFormat, ToolCall,
+                                  ToolChoice, ToolParam)
 
-FinishReason = Literal["stop", "length", "abort", "error"]
+FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 MAX_STOP_STRINGS = 16
 #: Most choices per request (the engine also needs n <= max_num_sequence: they decode together).
 MAX_N = 128
@@ -121,15 +123,16 @@ class ChatMessage(_Strict):
     """One chat message: role in system/user/assistant/tool, content a string or text parts."""
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: Union[StrictStr, list[TextContentPart]]
+    content: Union[StrictStr, list[TextContentPart], None] = None
     name: Optional[StrictStr] = None
     tool_call_id: Optional[StrictStr] = None
+    tool_calls: Optional[list[AssistantToolCall]] = None
 
     @field_validator("content", mode="before")
     @classmethod
     def _check_content(cls, v: Any) -> Any:
         # One clear message instead of pydantic's per-union-member errors.
-        if isinstance(v, str):
+        if v is None or isinstance(v, str):
             return v
         if not (isinstance(v, list) and all(_is_text_part(p) for p in v)):
             raise ValueError(
@@ -138,12 +141,31 @@ class ChatMessage(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null or absent only in an assistant "
+                             "message with tool_calls)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls is only allowed in assistant messages, not {self.role!r}")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
+
     @property
     def text(self) -> str:
         """The content as one string; text parts are joined with newlines (as vLLM does)."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)
+
+    def template_view(self) -> dict[str, Any]:
+        """The message as chat templates read it (None fields are dropped by the renderer)."""
+        return {"role": self.role, "content": self.text, "name": self.name,
+                "tool_call_id": self.tool_call_id,
+                "tool_calls": [c.template_view() for c in self.tool_calls] if self.tool_calls else None}
 
 
 def _check_range(v: Any, lo: float, hi: float | None, lo_open: bool = False) -> Any:
@@ -280,6 +302,10 @@ class ChatCompletionRequest(_SamplingRequest):
     _kind: ClassVar[str] = "chat completion request"
     messages: list[ChatMessage]
     max_completion_tokens: Optional[StrictInt] = None
+    response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[ToolParam]] = None
+    tool_choice: Optional[ToolChoice] = None
+    parallel_tool_calls: StrictBool = True
     logprobs: Optional[Any] = None
     top_logprobs: Optional[Any] = None
 
@@ -299,6 +325,30 @@ class ChatCompletionRequest(_SamplingRequest):
     @classmethod
     def _max_completion_tokens(cls, v: Any) -> Any:
         return _check_range(v, 0, None)
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self) -> "ChatCompletionRequest":
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: function names must be unique, got {names}")
+        choice = self.tool_choice
+        if choice is None:
+            self.tool_choice = "auto" if names else "none"
+        elif choice in ("auto", "required") and not names:
+            raise ValueError(f"tool_choice={choice!r} needs a non-empty tools list")
+        elif not isinstance(choice, str) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {choice.function.name!r}, which is not in tools "
+                             f"({names})")
+        if names and self.tool_choice != "none" and self.response_format not in (None,) \
+                and self.response_format.type != "text":
+            raise ValueError("response_format and tools cannot be combined unless tool_choice is 'none'")
+        return self
+
+    @property
+    def tool_choice_mode(self) -> str:
+        """"none", "auto", "required" or "named"."""
+        choice = self.tool_choice
+        return choice if isinstance(choice, str) else "named"
 
     @model_validator(mode="after")
     def _fold_max_completion_tokens(self) -> "ChatCompletionRequest":
@@ -380,6 +430,7 @@ class CompletionUsage(BaseModel):
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatCompletionChoice(BaseModel):
@@ -404,6 +455,7 @@ class ChatCompletion(BaseModel):
 class ChoiceDelta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[ChoiceDeltaToolCall]] = None
 
 
 class ChatCompletionChunkChoice(BaseModel):

@@ -75,6 +75,11 @@ class Tokenizer:
         self._token_bytes = TokenBytes(self._tok.id_to_token) if byte_level else None
 
     @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (for libraries that read the vocabulary)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

@@ -1,8 +1,9 @@
 #include <chrono>
 #include <string>
 
+#include "constraint/constrain.h"
 #include "engine/actions/actions.h"
-#include "json_util.h"
+#include "engine/trace.h"
 
 namespace tvmlm {
 
@@ -44,7 +45,7 @@ void DecodeAction(EngineState* s) {
   }
   if (batch.empty()) return;
 
-  auto start = std::chrono::steady_clock::now();
+  const Clock::time_point start = Clock::now();
   Logits logits;
   try {
     logits = s->model().BatchDecode(seq_ids, tokens);
@@ -54,21 +55,18 @@ void DecodeAction(EngineState* s) {
     }
     return;
   }
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const Clock::time_point end = Clock::now();
+  double seconds = std::chrono::duration<double>(end - start).count();
   s->metrics.decode_tokens += static_cast<int64_t>(seq_ids.size());
   s->metrics.decode_seconds += seconds;
-  if (s->trace) {
-    json::Object ev;
-    ev.Set(tvm::ffi::String("event"), tvm::ffi::String("decode"));
-    ev.Set(tvm::ffi::String("batch_size"), static_cast<int64_t>(seq_ids.size()));
-    ev.Set(tvm::ffi::String("seconds"), seconds);
-    s->trace(json::Stringify(ev));
-  }
+  TraceDecode(s, batch, start, end);
 
   for (size_t i = 0; i < batch.size(); ++i) {
     Request* r = batch[i];
     r->num_computed += 1;
-    s->CommitToken(r, SampleToken(logits.row(i), logits.vocab, r->config, &r->rng));
+    float* row = logits.data.data() + static_cast<int64_t>(i) * logits.vocab;
+    if (!ConstrainLogits(s, r, row, logits.vocab)) continue;
+    s->CommitToken(r, SampleToken(row, logits.vocab, r->config, &r->rng));
   }
 }
 

@@ -2,8 +2,9 @@
 #include <chrono>
 #include <string>
 
+#include "constraint/constrain.h"
 #include "engine/actions/actions.h"
-#include "json_util.h"
+#include "engine/trace.h"
 
 namespace tvmlm {
 
@@ -29,19 +30,9 @@ std::vector<Chunk> NextChunks(const EngineState& s) {
   return chunks;
 }
 
-void TraceEvent(EngineState* s, int64_t batch, int64_t tokens, double seconds) {
-  if (!s->trace) return;
-  json::Object ev;
-  ev.Set(tvm::ffi::String("event"), tvm::ffi::String("prefill"));
-  ev.Set(tvm::ffi::String("batch_size"), batch);
-  ev.Set(tvm::ffi::String("tokens"), tokens);
-  ev.Set(tvm::ffi::String("seconds"), seconds);
-  s->trace(json::Stringify(ev));
-}
-
 // The prompt of `r` is in the KV cache: fork its other choices, then sample every choice's
 // first token from the same logits, each with its own random stream.
-void StartChoices(EngineState* s, Request* r, const float* logits, int64_t vocab) {
+void StartChoices(EngineState* s, Request* r, float* logits, int64_t vocab) {
   std::vector<Request*> choices = {r};
   try {
     for (int64_t i = 1; i <= r->pending_forks; ++i) choices.push_back(s->ForkChoice(r, r->index + i));
@@ -52,7 +43,11 @@ void StartChoices(EngineState* s, Request* r, const float* logits, int64_t vocab
     return;
   }
   r->pending_forks = 0;
-  for (Request* c : choices) s->CommitToken(c, SampleToken(logits, vocab, c->config, &c->rng));
+  for (Request* c : choices) {
+    // Choices start in the same grammar state, so masking the shared row again changes nothing.
+    if (!ConstrainLogits(s, c, logits, vocab)) continue;
+    s->CommitToken(c, SampleToken(logits, vocab, c->config, &c->rng));
+  }
 }
 
 }  // namespace
@@ -71,7 +66,7 @@ void PrefillAction(EngineState* s) {
     num_tokens += c.length;
   }
 
-  auto start = std::chrono::steady_clock::now();
+  const Clock::time_point start = Clock::now();
   Logits logits;
   try {
     logits = s->model().BatchPrefill(seq_ids, inputs);
@@ -82,16 +77,22 @@ void PrefillAction(EngineState* s) {
     }
     return;
   }
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const Clock::time_point end = Clock::now();
+  double seconds = std::chrono::duration<double>(end - start).count();
   s->metrics.prefill_tokens += num_tokens;
   s->metrics.prefill_seconds += seconds;
-  TraceEvent(s, static_cast<int64_t>(chunks.size()), num_tokens, seconds);
 
+  std::vector<std::pair<const Request*, int64_t>> traced;
+  for (const Chunk& c : chunks) {
+    c.request->num_computed += c.length;
+    traced.emplace_back(c.request, c.length);
+  }
+  TracePrefill(s, traced, start, end);
   for (size_t i = 0; i < chunks.size(); ++i) {
     Request* r = chunks[i].request;
-    r->num_computed += chunks[i].length;
     // Only a request whose last token went in has meaningful logits.
-    if (r->num_computed == r->prefill_target) StartChoices(s, r, logits.row(i), logits.vocab);
+    float* row = logits.data.data() + static_cast<int64_t>(i) * logits.vocab;
+    if (r->num_computed == r->prefill_target) StartChoices(s, r, row, logits.vocab);
   }
 }
 

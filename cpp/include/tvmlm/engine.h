@@ -15,6 +15,7 @@
 #include <tvmlm/config.h>
 #include <tvmlm/export.h>
 #include <tvmlm/delta.h>
+#include <tvmlm/token_constraint.h>
 
 #include <cstdint>
 #include <functional>
@@ -46,9 +47,13 @@ class TVMLM_API ThreadedEngine {
   virtual void Unload() = 0;
   /*! \brief Abort all requests, clear the KV cache and the metrics; keep the model. */
   virtual void Reset() = 0;
-  /*! \brief Queue a request; its deltas arrive through the stream callback. */
+  /*!
+   * \brief Queue a request; its deltas arrive through the stream callback. `constraints`: none, or
+   * one TokenConstraint per choice (n of them) limiting the tokens each may sample.
+   */
   virtual void AddRequest(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                          const std::string& generation_config_json) = 0;
+                          const std::string& generation_config_json,
+                          std::vector<std::shared_ptr<TokenConstraint>> constraints = {}) = 0;
   /*! \brief Finish the request with "abort" at the next step (no-op if unknown/finished). */
   virtual void AbortRequest(const std::string& request_id) = 0;
   /*! \brief Run the step loop on the calling thread until ExitBackgroundLoop(). */
