@@ -103,6 +103,7 @@ def _check_calls(message, allowed):
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("fmt", sorted(TEMPLATES))
 def test_named_tool_choice_forces_a_valid_call(tool_engine, fmt):
     named = {"type": "function", "function": {"name": "get_weather"}}
@@ -116,6 +117,7 @@ def test_named_tool_choice_forces_a_valid_call(tool_engine, fmt):
             oai.ChatCompletion.model_validate(r.model_dump())  # the openai package's types
 
 
+@pytest.mark.engine
 def test_required_calls_one_of_the_tools(tool_engine):
     with template(tool_engine, HERMES_TOOL_TEMPLATE):
         for seed in range(6):
@@ -124,6 +126,7 @@ def test_required_calls_one_of_the_tools(tool_engine):
             assert len(r.choices[0].message.tool_calls) == 1 and r.choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("fmt", sorted(TEMPLATES))
 def test_streamed_equals_whole(tool_engine, fmt):
     kwargs = dict(tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False, seed=7)
@@ -141,6 +144,7 @@ def test_streamed_equals_whole(tool_engine, fmt):
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "tool_calls"
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("fmt", sorted(TEMPLATES))
 def test_call_round_trips_through_a_second_turn(tool_engine, fmt):
     named = {"type": "function", "function": {"name": "get_weather"}}
@@ -161,6 +165,7 @@ def test_call_round_trips_through_a_second_turn(tool_engine, fmt):
     assert second.choices[0].finish_reason == "length"
 
 
+@pytest.mark.engine
 def test_tool_choice_none_leaves_tools_out_of_the_prompt(tool_engine):
     with template(tool_engine, HERMES_TOOL_TEMPLATE):
         with_tools = _create(tool_engine, tools=[WEATHER], tool_choice="auto", max_tokens=1)
@@ -168,6 +173,7 @@ def test_tool_choice_none_leaves_tools_out_of_the_prompt(tool_engine):
     assert with_tools.usage.prompt_tokens > without.usage.prompt_tokens
 
 
+@pytest.mark.engine
 def test_tools_need_a_template_with_a_tool_format(tool_engine):
     with pytest.raises(RequestError, match="no tool-call format"):
         _create(tool_engine, tools=[WEATHER])  # the tiny model's own ChatML template has none

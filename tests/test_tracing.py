@@ -11,6 +11,8 @@ import pytest
 
 from tvmlm import ConfigError, Engine, EngineConfig
 
+pytestmark = pytest.mark.engine
+
 PHASES = {"X", "B", "E", "i", "I", "b", "e", "n", "M", "C"}
 
 
