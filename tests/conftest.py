@@ -35,9 +35,16 @@ TINY_MODELS = {
     # Llama 3.x rope scaling (its GGUF carries it as rope_freqs.weight)
     "llama": dict(arch="llama", config_overrides={"rope_parameters": LLAMA3_ROPE}),
     "llama-tied": dict(arch="llama", tie=True),
-    "qwen2": dict(arch="qwen2", tie=True),
+    # sliding windows shorter than the tests' sequences: on layer 1 of 2 (Qwen2), on all (Mistral)
+    "qwen2": dict(arch="qwen2", tie=True, config_overrides=dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
     "qwen3": dict(arch="qwen3"),
-    "mistral": dict(arch="mistral"),
+    "mistral": dict(arch="mistral", config_overrides=dict(sliding_window=8)),
+    # Gemma 3: sliding / global layers (window 6), local and global rope bases (linear scaling on
+    # the global one), GeGLU, q/k norms, (1 + w) sandwich norms, scaled embeddings
+    "gemma3": dict(arch="gemma3", layers=3, tie=True, config_overrides=dict(
+        sliding_window=6, sliding_window_pattern=2, query_pre_attn_scalar=32,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
     # A 4096-token window for the scheduler tests' 2000-token prompts.
     "llama-4k": dict(arch="llama", max_position_embeddings=4096, seed=1),
 }

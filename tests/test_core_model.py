@@ -9,9 +9,10 @@ import pytest
 from tvmlm import _core
 
 TOL = 1e-3
-# Every tiny variant of conftest.TINY_MODELS: Llama (untied, tied), Qwen2 (bias), Qwen3 (q/k norm),
-# Mistral (explicit head_dim); all with the odd vocabulary size 611.
-ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral"]
+# Every tiny variant of conftest.TINY_MODELS: Llama (untied, tied; llama3 rope), Qwen2 (bias, a sliding
+# window on one layer), Qwen3 (q/k norm), Mistral (explicit head_dim, sliding window), Gemma 3; all
+# with the odd vocabulary size 611. Windows are shorter than the sequences.
+ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral", "gemma3"]
 
 
 @pytest.fixture(scope="session", params=ARCHS)
@@ -127,9 +128,12 @@ def test_batch_of_four_equals_each_alone(pair):
         assert tokens[i] == alone[i][1]
 
 
-def test_prefill_in_chunks_equals_one_prefill(llama_pkg):
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_prefill_in_chunks_equals_one_prefill(tiny_package, name):
+    """Later chunks attend to earlier ones through the cache's pages (with a sliding window:
+    across the window's start)."""
     prompt = np.random.default_rng(1).integers(0, 611, size=40).tolist()
-    m = new_model(llama_pkg)
+    m = new_model(tiny_package(name).path)
     m.add_sequence(0)
     m.add_sequence(1)
     whole = m.prefill([0], [prompt])
@@ -142,9 +146,10 @@ def test_prefill_in_chunks_equals_one_prefill(llama_pkg):
     np.testing.assert_allclose(m.decode([0], [tok]), m.decode([1], [tok]), atol=1e-4)
 
 
-def test_fork_sequence_continues_from_parent(llama_pkg):
-    prompt = [5, 6, 7, 8, 9, 10]
-    m = new_model(llama_pkg)
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_fork_sequence_continues_from_parent(tiny_package, name):
+    prompt = [5, 6, 7, 8, 9, 10] * 3  # longer than gemma3's window: the fork's keys span two depths
+    m = new_model(tiny_package(name).path)
     m.add_sequence(0)
     m.prefill([0], [prompt])
     m.fork_sequence(0, 1)

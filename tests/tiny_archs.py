@@ -56,7 +56,14 @@ def add_arch_extras(w, cfg: dict, arch: str, head_dim: int) -> None:
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(rope, theta, head_dim))
     if arch == "gemma3":
+        import gguf
+
         w.add_sliding_window(cfg["sliding_window"])
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+        full = cfg["rope_parameters"]["full_attention"]
+        if full.get("rope_type") == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(full["factor"])
     if arch == "phi3":
         if kind == "longrope":
             w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))

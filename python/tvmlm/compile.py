@@ -221,6 +221,10 @@ def prepare_package(
         return hit
 
     loaded = weights.load(model_path)
+    from .models.llama_config import LlamaConfig, check_target_support
+
+    # everything that cannot run is refused here, before anything is compiled
+    check_target_support(LlamaConfig.from_hf(loaded.config), device_kind)
     if not options.weight_formats and (options.quantization is not None or loaded.packed_formats):
         # Asked-for group quantization, else block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay
         # packed: 4-6x fewer bytes per token.

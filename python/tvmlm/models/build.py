@@ -11,7 +11,7 @@ import numpy as np
 
 from .._version import __version__
 from .llama import LlamaForCausalLM
-from .llama_config import LlamaConfig
+from .llama_config import LlamaConfig, check_target_support
 
 
 def make_target(device_kind: str, target: dict[str, Any] | None = None):
@@ -60,6 +60,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     from tvm import relax
 
     cfg = LlamaConfig.from_hf(hf_config)
+    check_target_support(cfg, device_kind)
     cfg.dtype = options.dtype
     cfg.max_batch_size = options.max_batch_size
     if options.prefill_chunk_size:
@@ -86,11 +87,16 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     with tvm_target:
         mod, named_params, _externs = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
     if tvm_target.kind.name == "llvm":
+        from .cpu_attention import SLIDING_WINDOW_ATTR
         from .cpu_rope import replace_fused_rope
 
-        # TVM's CPU rope kernel is serial and evaluates cos/sin per element of every head
+        # TVM's CPU rope kernel is serial and evaluates cos/sin per element of every head (with
+        # rope in the model, the cache only splits qkv: its rope parameters do not matter)
         mod = replace_fused_rope(mod, theta=cfg.rope_theta, head_dim=cfg.head_dim, num_q_heads=cfg.num_attention_heads,
-                                 num_kv_heads=cfg.num_key_value_heads, dtype=cfg.kv_dtype, rope_scaling=cfg.rope_scaling)
+                                 num_kv_heads=cfg.num_key_value_heads, dtype=cfg.kv_dtype,
+                                 rope_scaling=None if cfg.rope_in_model else cfg.rope_scaling)
+        if cfg.sliding_layers:  # the attention kernels' window (models/cpu_attention.py)
+            mod = mod.with_attr(SLIDING_WINDOW_ATTR, cfg.sliding_window)
     if tvm_target.kind.name == "cuda":
         mod = _attach_cuda_graph_hints(mod, cfg.max_batch_size)
     params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype} for n, p in named_params]

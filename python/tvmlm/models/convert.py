@@ -103,6 +103,8 @@ def convert_hf_tensors(cfg: LlamaConfig, tensors: Iterable[tuple[str, Any]]) -> 
                 yield key, _concat([group[m] for m in members])
                 del pending[key]
             continue
+        if cfg.norm_plus_one and name.endswith("norm.weight"):
+            array = array + np.float32(1.0)  # Gemma's RMSNorm scales by 1 + w, as transformers computes it
         yield name, array
     if pending:
         raise ValueError(f"incomplete fused weights (missing parts): {sorted(pending)}")

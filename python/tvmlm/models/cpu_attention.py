@@ -22,6 +22,14 @@ rope: tvmlm uses ``RopeMode.NORMAL`` (rope applied to q and k before the attenti
 The kernels assert ``rotary_mode == 0`` at run time; the pass leaves the originals in place when the module's KV
 cache is created with ``RopeMode.INLINE``.
 
+Sliding windows: a layer whose window is shorter than the context passes a *negative* ``sm_scale``
+(models/llama.py); the kernels then use ``|sm_scale|`` and let a query at position p see only keys at
+positions > p - window (transformers' ``sliding_window_overlay``), with the window compiled in
+(``layer_sliding_window_size`` of the KV cache, which TVM's cache itself leaves inert when every
+layer is "mha"). Positions come from ``q_rope_position`` and ``k_rope_pos_offset``, which the
+cache fills for every kernel whatever the rope mode, so forked and chunked sequences (keys split
+over pages and depths) are masked by absolute position. Keys before the window are not visited.
+
 Degenerate rows with no visible key (only possible when ``kv_len < qo_len``, which the KV cache never produces)
 get output 0 and lse ``-5e4``; the originals average all values there.
 """
@@ -47,6 +55,8 @@ _NEG = -5e4
 
 # name hints of the GlobalVars TIRPagedKVCache (llvm target) registers
 _RAGGED = "tir_attention_prefill_ragged_cpu"
+# IRModule attribute: the sliding window of a model with sliding-window layers (models/build.py)
+SLIDING_WINDOW_ATTR = "tvmlm_sliding_window"
 _PAGED = "tir_attention_prefill_cpu"
 
 
@@ -64,6 +74,19 @@ def _tree_sum(terms: list, chains: int = 4):
     return sums[0]
 
 
+def _window_begin(sm_scale, q_pos, k_pos0, window: int):
+    """First key index (from the key at position k_pos0) a query at position q_pos may see: 0, or
+    on a sliding-window layer (negative sm_scale) the first of the last `window` positions."""
+    if not window:
+        return 0
+    return T.if_then_else(sm_scale < T.float32(0), T.max(q_pos - k_pos0 - (window - 1), 0), 0)
+
+
+def _in_window(j, end, beg, window: int):
+    """j < end, and j >= beg on a kernel compiled with a sliding window."""
+    return j < end if not window else T.And(j < end, j >= beg)
+
+
 @T.macro
 def _start_online_softmax(m, l, acc, rows, width):
     """The empty state of `rows` online softmaxes: running max -1e30, sum 0, accumulator 0."""
@@ -75,9 +98,9 @@ def _start_online_softmax(m, l, acc, rows, width):
 
 
 @T.macro
-def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
-                  G, TK, D, VQ, NQ, page_size, dtype):
-    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [0, kend) of
+def _attend_pages(q, output, lse, row, b, hk, kbegin, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
+                  G, TK, D, VQ, NQ, page_size, dtype, window):
+    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [kbegin, kend) of
     sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key's
     page slot is looked up once for all G heads and for both K and V. Scores and p @ v are vector expressions
     (no loop-carried memory accumulators). Expands inside the caller's per-task sblock (the scratch buffers)."""
@@ -90,18 +113,19 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
     slot_page = T.sblock_alloc_buffer((TK,), "int32")
     slot_off = T.sblock_alloc_buffer((TK,), "int32")
     for g, dd in T.grid(G, D):
-        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * sm_scale * _LOG2E
+        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * T.abs(sm_scale) * _LOG2E
     _start_online_softmax(m, l, acc, G, D)
-    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+    for tile in T.serial(kbegin // TK, (T.max(kend, 0) + TK - 1) // TK):
         k_start: T.let[T.int32] = tile * TK
         nk: T.let[T.int32] = T.min(TK, kend - k_start)
+        j0: T.let[T.int32] = kbegin - k_start  # keys before it in this tile are outside the window
         for j in T.serial(TK):
             # keys past the tile's end repeat its last key (in range); their scores are masked
             off: T.let[T.int32] = _get_seq_offset(k_start + T.min(j, nk - 1), b, length_info, sliding_window)
             slot_page[j] = page_values[pg0 + off // page_size]
             slot_off[j] = off % page_size
             for g in T.unroll(G):
-                s[g, j] = T.if_then_else(j < nk, reduce_lanes(_tree_sum([
+                s[g, j] = T.if_then_else(_in_window(j, nk, j0, window), reduce_lanes(_tree_sum([
                     qf.vload([g, c * VQ], f"float32x{VQ}")
                     * T.Cast(f"float32x{VQ}", pages.vload([slot_page[j], 0, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}"))
                     for c in range(NQ)]), VQ, lambda a, c: a + c), T.float32(-1e30))
@@ -110,7 +134,7 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
             alpha[g] = fast_exp2(m[g] - tmax)
             m[g] = tmax
             for j in T.vectorized(TK):
-                s[g, j] = T.if_then_else(j < nk, fast_exp2(s[g, j] - tmax), T.float32(0))
+                s[g, j] = T.if_then_else(_in_window(j, nk, j0, window), fast_exp2(s[g, j] - tmax), T.float32(0))
             l[g] = l[g] * alpha[g] + reduce_lanes(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
             for c in T.unroll(NQ):
                 acc[g, T.ramp(c * VQ, 1, VQ)] = _tree_sum(
@@ -118,7 +142,7 @@ def _attend_pages(q, output, lse, row, b, hk, kend, pages, page_values, pg0, len
                     + [T.broadcast(s[g, j], VQ) * T.Cast(f"float32x{VQ}", pages.vload(
                         [slot_page[j], 1, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}")) for j in range(TK)])
     for g in T.serial(G):
-        if kend > 0:
+        if kend > kbegin:  # a window can leave a query no key in these pages (a later prefill chunk)
             for dd in T.vectorized(D):
                 output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
             lse[row, hk * G + g] = m[g] + T.log2(l[g])
@@ -153,7 +177,7 @@ def _bf16_dot_fits(d_qk: int, d_v: int) -> bool:
     return d_qk % 2 == 0 and d_v % x86_bf16.LANES == 0 and _SCORE_TILE == x86_bf16.LANES
 
 
-def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf16_dot: bool = False):
+def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf16_dot: bool = False, window: int = 0):
     """Drop-in replacement for ``_attention_prefill_ragged_cpu(h_kv, h_q, d_qk, d_v, dtype, ...)``.
 
     Keys are first transposed per sequence (``kt[kv head, tile, d, key]``), so the scores of one query
@@ -180,6 +204,12 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
     KR = d_qk // 2 if bf16_dot else d_qk  # rows of a key tile: pairs of dimensions, or dimensions
     KP = TK // 2  # bf16: pairs of keys in a tile
     NV = d_v // x86_bf16.LANES  # bf16: 16-lane chunks of a value row
+
+    def visible(end, beg):
+        """Lanes j of a key tile with beg <= j < end (beg only on sliding-window layers)."""
+        lanes = T.ramp(0, 1, TK)
+        below_end = lanes < T.broadcast(end, TK)
+        return below_end if not window else T.And(below_end, lanes >= T.broadcast(beg, TK))
 
     # pylint: disable=too-many-locals,too-many-statements
     @T.prim_func(s_tir=True)
@@ -212,8 +242,8 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
         k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
         v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
         kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
-        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
-        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_position_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
 
@@ -280,14 +310,15 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                     rows: T.let[T.int32] = T.min(R, n_q - r0)
                                     kend: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + rows - 1)  # the block's last row
                                     for i, dd in T.grid(RG, d_qk):
-                                        qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * sm_scale * scale_log2e
+                                        qf[i, dd] = T.Cast("float32", q[q0 + T.min(r0 + i // G, n_q - 1), hk * G + i % G, dd]) * T.abs(sm_scale) * scale_log2e
                                     if bf16_dot:
                                         for i, dp in T.grid(RG, KR):
                                             qb[i, dp] = x86_bf16.pair(qf[i, dp * 2], qf[i, dp * 2 + 1])
                                     _start_online_softmax(m, l, acc, RG, d_v)
                                     for i, j in T.grid(RG, TK):
                                         lv[i, j] = T.float32(0)
-                                    for tile in T.serial((T.max(kend, 0) + TK - 1) // TK):
+                                    kbegin: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[q0 + r0], k_rope_pos_offset[b], window)  # the block's first row
+                                    for tile in T.serial(kbegin // TK, (T.max(kend, 0) + TK - 1) // TK):
                                         k_start: T.let[T.int32] = tile * TK
                                         # Three passes over the query vectors, so each pass's iterations are
                                         # independent and short enough for the CPU to overlap several of them
@@ -300,8 +331,10 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                                 i: T.let[T.int32] = i2 * 2
                                                 end0: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
                                                 end1: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + (i + 1) // G) - k_start
+                                                beg0: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[q0 + T.min(r0 + i // G, n_q - 1)], k_rope_pos_offset[b], window) - k_start
+                                                beg1: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[q0 + T.min(r0 + (i + 1) // G, n_q - 1)], k_rope_pos_offset[b], window) - k_start
                                                 s[i, T.ramp(0, 1, 2 * TK)] = T.Select(  # rows i and i + 1 of s, contiguous
-                                                    x86_bf16.halves(T.ramp(0, 1, TK) < T.broadcast(end0, TK), T.ramp(0, 1, TK) < T.broadcast(end1, TK)),
+                                                    x86_bf16.halves(visible(end0, beg0), visible(end1, beg1)),
                                                     x86_bf16.dot_chains([(x86_bf16.halves(T.broadcast(qb[i, dp], TK), T.broadcast(qb[i + 1, dp], TK)),
                                                                           x86_bf16.halves(tile_row(kt, hk, tile, dp, 0, "int32"), tile_row(kt, hk, tile, dp, 0, "int32")))
                                                                          for dp in range(KR)], chains=4, lanes=2 * TK),
@@ -310,8 +343,9 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                             for i in T.serial(RG):
                                                 # scores of query vector i against the tile, masked past its last key
                                                 row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
+                                                row_beg: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[q0 + T.min(r0 + i // G, n_q - 1)], k_rope_pos_offset[b], window) - k_start
                                                 s[i, T.ramp(0, 1, TK)] = T.Select(
-                                                    T.ramp(0, 1, TK) < T.broadcast(row_end, TK),
+                                                    visible(row_end, row_beg),
                                                     _tree_sum([T.broadcast(qf[i, dd], TK) * tile_row(kt, hk, tile, dd, 0, "float32") for dd in range(d_qk)], chains=8),
                                                     T.broadcast(T.float32(-1e30), TK))
                                         for i in T.serial(RG):
@@ -319,6 +353,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                             # stay within 2**8 of the scores, so most tiles skip the horizontal
                                             # max, and the sum l is kept per lane (reduced once at the end)
                                             row_end: T.let[T.int32] = _visible_end(causal, n_kv, n_q, r0 + i // G) - k_start
+                                            row_beg: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[q0 + T.min(r0 + i // G, n_q - 1)], k_rope_pos_offset[b], window) - k_start
                                             if any_greater(s.vload([i, 0], f"float32x{TK}"), T.broadcast(m[i] + T.float32(_MAX_SLACK), TK)):
                                                 tmax: T.let[T.float32] = reduce_lanes(s.vload([i, 0], f"float32x{TK}"), TK, T.max)
                                                 alpha: T.let[T.float32] = fast_exp2(m[i] - tmax)
@@ -328,7 +363,7 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
                                                 for dd in T.vectorized(d_v):
                                                     acc[i, dd] = acc[i, dd] * alpha
                                             for j in T.vectorized(TK):
-                                                s[i, j] = T.if_then_else(j < row_end, fast_exp2(s[i, j] - m[i]), T.float32(0))
+                                                s[i, j] = T.if_then_else(_in_window(j, row_end, row_beg, window), fast_exp2(s[i, j] - m[i]), T.float32(0))
                                             for j in T.vectorized(TK):
                                                 lv[i, j] = lv[i, j] + s[i, j]
                                             if bf16_dot:
@@ -370,7 +405,8 @@ def ragged_prefill_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, bf1
     return x86_bf16.with_helpers(func) if bf16_dot else func
 
 
-def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16):
+def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16,
+                     window: int = 0):
     """Drop-in replacement for ``_attention_decode_cpu(h_kv, h_q, d, dtype, sliding_window, ..., page_size)``.
 
     Parallel over (sequence, kv head); the ``group_size`` query heads of a kv head are scored against each
@@ -416,8 +452,8 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
         pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, D), dtype)
         page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset)
         page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
-        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
-        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(output_handle, (B, h_q, D), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         length_info = _declare_length_info(var_length_info, B, sliding_window, length_info_elem_offset)
@@ -433,13 +469,14 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
                 pg0: T.let[T.int32] = page_table_indptr[b]
                 pg1: T.let[T.int32] = page_table_indptr[b + 1]
                 kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
-                _attend_pages(Q, output, lse, b, b, hk, kv_len, pages, page_table_values, pg0, length_info, sliding_window,
-                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype)
+                kbegin: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
+                _attend_pages(Q, output, lse, b, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info, sliding_window,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
 
     return batch_decode_paged_kv
 
 
-def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16):
+def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16, window: int = 0):
     """Drop-in replacement for ``_attention_prefill_cpu(h_kv, h_q, d, dtype, sliding_window=False, ...)``: prompt
     tokens attending to KV already in the cache's pages (prefix-cache hits, later prefill chunks).
 
@@ -491,8 +528,8 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
         pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, D), dtype)
         page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
         page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
-        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
-        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(var_output, (total_len, h_q, D), dtype)
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         length_info = _declare_length_info(var_length_info, batch_size, False, length_info_elem_offset)
@@ -517,8 +554,9 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
                 qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 row: T.let[T.int32] = tok - q_indptr[b]
                 kend: T.let[T.int32] = _visible_end(causal, kv_len, qo_len, row)
-                _attend_pages(q, output, lse, tok, b, hk, kend, pages, page_values, pg0, length_info, False,
-                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype)
+                kbegin: T.let[T.int32] = _window_begin(sm_scale, q_rope_position[tok], k_rope_pos_offset[b], window)
+                _attend_pages(q, output, lse, tok, b, hk, kbegin, kend, pages, page_values, pg0, length_info, False,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
 
     return batch_prefill_paged_kv
 
@@ -608,6 +646,7 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
     def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         replace = {}
         target = tvm.target.Target.current(allow_none=True)
+        window = int((mod.attrs or {}).get(SLIDING_WINDOW_ATTR, 0))
         for call in _kv_cache_create_calls(mod):
             if len(call.args) <= _ARG_RAGGED_PREFILL:
                 continue
@@ -623,13 +662,13 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
             if isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 14:
                 # a bfloat16 KV cache gets bfloat16 q, k, v: multiply them as such where the CPU can
                 bf16_dot = dtype == "bfloat16" and _bf16_dot_fits(d_qk, d_v) and target is not None and x86_bf16.supported(target)
-                func = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype), bf16_dot=bf16_dot)
+                func = ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, str(dtype), bf16_dot=bf16_dot, window=window)
                 replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
             gv = _tir_kernel_gv(call.args[_ARG_PAGED_PREFILL])
             if gv is not None and isinstance(mod[gv], tvm.tirx.PrimFunc) and len(mod[gv].params) == 15 and d_qk == d_v:
                 layout = _prefill_layout(mod[gv])
                 if layout is not None and layout[1] == h_kv and layout[3] == d_qk:
-                    func = prefill_paged_cpu(h_kv, h_q, d_qk, layout[0], page_size=layout[2])
+                    func = prefill_paged_cpu(h_kv, h_q, d_qk, layout[0], page_size=layout[2], window=window)
                     replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
             for pos, sliding in ((_ARG_DECODE, False), (_ARG_DECODE_SLIDING, True)):
                 gv = _tir_kernel_gv(call.args[pos]) if len(call.args) > pos else None
@@ -641,7 +680,7 @@ def replace_cpu_attention_kernels() -> tvm.transform.Pass:
                 if layout is None or layout[1] != h_kv or layout[3] != d_qk or d_qk != d_v:
                     continue
                 dtype, _, page_size, _ = layout
-                func = decode_paged_cpu(h_kv, h_q, d_qk, dtype, sliding_window=sliding, page_size=page_size)
+                func = decode_paged_cpu(h_kv, h_q, d_qk, dtype, sliding_window=sliding, page_size=page_size, window=window)
                 replace[gv] = func.with_attrs(dict(mod[gv].attrs or {}))
         for gv, func in replace.items():
             mod[gv] = func

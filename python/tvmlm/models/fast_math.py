@@ -1,4 +1,4 @@
-"""Vectorizable math for kernels: float32 exp2 and SiLU (LLVM lowers the vector forms of exp and
+"""Vectorizable math for kernels: float32 exp2, SiLU and tanh-GELU (LLVM lowers the vector forms of exp and
 sigmoid to one libm call per lane, which made SiLU * up most of its kernel's time on CPU), a
 shuffle-tree reduction of a vector's lanes, and a branch on "any lane greater" that needs none."""
 
@@ -30,6 +30,13 @@ def silu(x):
     """x * sigmoid(x) for float32 x, with fast_exp2; exp(-x) is clamped to 2**126, so for x below
     about -88 the result is x * 2**-126 (|x| * 1e-38) instead of ~0."""
     return x / (T.float32(1.0) + fast_exp2(T.min(x * T.float32(-_LOG2E), T.float32(126.0))))
+
+
+def gelu_tanh(x):
+    """GELU's tanh approximation (PyTorch's gelu(approximate="tanh")) for float32 x, as
+    x * sigmoid(2 z) with z = sqrt(2 / pi) (x + 0.044715 x^3), which is 0.5 x (1 + tanh(z))."""
+    z2 = x * (T.float32(1.5957691216057308) + T.float32(0.0713548162726009) * x * x)  # 2 z
+    return x / (T.float32(1.0) + fast_exp2(T.min(z2 * T.float32(-_LOG2E), T.float32(126.0))))
 
 
 def reduce_lanes(v, width: int, combine):

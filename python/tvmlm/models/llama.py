@@ -19,6 +19,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from . import fast_math
 from .llama_config import LlamaConfig
 from .quant import QuantEmbedding, QuantLinear
+from .rope import apply_rope
 
 
 def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bias: bool = False) -> nn.Module:
@@ -28,7 +29,12 @@ def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bia
     return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows)
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, layer_id: int):
+        self.cfg = cfg
+        # Sliding-window layers pass a negative softmax scale: the CPU attention kernels take it as
+        # "mask keys more than cfg.sliding_window positions back" (models/cpu_attention.py).
+        self.sliding = layer_id in cfg.sliding_layers
+        self.sm_scale = (cfg.attn_scale or cfg.head_dim**-0.5) * (-1.0 if self.sliding else 1.0)
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -48,11 +54,13 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k, v = op.split(qkv, [h, h + kvh], axis=2)
             qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
-        # Rope is applied inside the KV cache (RopeMode.NORMAL), on q and k, before caching k.
+        if self.cfg.rope_in_model:  # per-layer rope (models/rope.py); the KV cache applies none
+            qkv = apply_rope(self.cfg, self.sliding, qkv, kv_cache.get_query_positions(b * s))
+        # Otherwise rope is applied inside the KV cache (RopeMode.NORMAL), on q and k, before caching k.
         # A KV cache in another dtype (a float16 cache for a float32 model: half the KV bytes) takes
         # and returns its own dtype; casts only then, so the float32 graph has no identity casts.
         cast = self.kv_dtype != qkv.dtype
-        out = kv_cache.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype) if cast else qkv, h, sm_scale=d**-0.5)
+        out = kv_cache.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype) if cast else qkv, h, sm_scale=self.sm_scale)
         if cast:
             out = out.astype(qkv.dtype)
         return self.o_proj(op.reshape(out, (b, s, h * d)))
@@ -61,36 +69,47 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         self.intermediate_size = cfg.intermediate_size
+        self.act = cfg.hidden_act
         self.gate_up_proj = _linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.linear_format)
         self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(_silu_mul(self.gate_up_proj(x), self.intermediate_size))
+        return self.down_proj(_act_mul(self.gate_up_proj(x), self.intermediate_size, self.act))
 
 
-def _silu_mul(gate_up: Tensor, inter: int) -> Tensor:
-    """silu(gate) * up from the fused [..., gate | up] projection, in float32 with a sigmoid that
-    vectorizes (models/fast_math.py; op.silu lowers to one expf call per lane on CPU)."""
+def _act_mul(gate_up: Tensor, inter: int, act: str) -> Tensor:
+    """act(gate) * up from the fused [..., gate | up] projection (SwiGLU with silu, GeGLU with
+    gelu_pytorch_tanh), in float32 with a sigmoid that vectorizes (models/fast_math.py; op.silu
+    lowers to one expf call per lane on CPU)."""
+    fn = fast_math.silu if act == "silu" else fast_math.gelu_tanh
 
     def compute(x: te.Tensor):
         def element(*i):
             gate = x[(*i[:-1], i[-1])].astype("float32")
             up = x[(*i[:-1], i[-1] + inter)].astype("float32")
-            return (fast_math.silu(gate) * up).astype(x.dtype)
+            return (fn(gate) * up).astype(x.dtype)
 
-        return te.compute((*x.shape[:-1], inter), element, name="silu_mul")
+        return te.compute((*x.shape[:-1], inter), element, name=f"{act}_mul")
 
-    return op.tensor_expr_op(compute, name_hint="silu_mul", args=[gate_up])
+    return op.tensor_expr_op(compute, name_hint=f"{act}_mul", args=[gate_up])
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)
+    def __init__(self, cfg: LlamaConfig, layer_id: int):
+        norm = lambda: nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)  # noqa: E731
+        self.input_layernorm = norm()
+        self.self_attn = Attention(cfg, layer_id)
+        self.post_attention_layernorm = norm()
         self.mlp = MLP(cfg)
+        self.sandwich = cfg.sandwich_norm
+        if cfg.sandwich_norm:  # Gemma: post_attention_layernorm normalizes the attention output
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), kv_cache, layer_id))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         x = x + self.self_attn(self.input_layernorm(x), kv_cache, layer_id)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -103,7 +122,7 @@ class Decoder(nn.Module):
             self.embed_tokens = QuantEmbedding(
                 cfg.vocab_size, cfg.hidden_size, cfg.embed_format, cfg.interleave_rows and cfg.tie_word_embeddings
             )  # interleaved only where it serves as the lm_head
-        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache) -> Tensor:
@@ -132,10 +151,16 @@ class LlamaForCausalLM(nn.Module):
                 logits = op.matmul(hidden, op.permute_dims(embed.weight))
         else:
             logits = self.lm_head(hidden)
-        return logits.astype("float32") if logits.dtype != "float32" else logits
+        logits = logits.astype("float32") if logits.dtype != "float32" else logits
+        if (cap := self.cfg.final_logit_softcapping) is not None:
+            logits = op.tanh(logits / cap) * cap
+        return logits
 
     def embed(self, input_ids: Tensor) -> Tensor:
-        return self.model.embed_tokens(input_ids)
+        embeds = self.model.embed_tokens(input_ids)
+        if self.cfg.embed_scale is not None:  # Gemma: times sqrt(hidden_size), in the model's dtype
+            embeds = embeds * Tensor.from_scalar(self.cfg.embed_scale, embeds.dtype)
+        return embeds
 
     def prefill(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
         hidden = self.model(input_embed, paged_kv_cache)
@@ -176,15 +201,18 @@ class LlamaForCausalLM(nn.Module):
             v_head_dim=cfg.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=RopeMode.NONE if cfg.rope_in_model else RopeMode.NORMAL,
             rope_scale=1,
             rope_theta=cfg.rope_theta,
-            rope_scaling=cfg.rope_scaling or {},
+            rope_scaling={} if cfg.rope_in_model else cfg.rope_scaling or {},
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=cfg.head_dim,
             enable_disaggregation=False,
             dtype=cfg.kv_dtype,
             target=_current_target(),
+            # inert in TVM's cache (every layer is "mha"); read by our CPU kernels as the window
+            # of the layers that pass a negative sm_scale (models/cpu_attention.py)
+            layer_sliding_window_size=cfg.sliding_window or 1024,
         )
 
     def get_default_spec(self) -> nn.spec.ModuleSpec:

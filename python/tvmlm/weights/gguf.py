@@ -14,6 +14,10 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from ..models.packed import PackedWeight
+from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
+from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
+from .gguf_archs import HF_ARCH as _OTHER_HF_ARCH
+from .gguf_archs import arch_config, hf_value
 from .types import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel
 
 # Types we dequantize (all through gguf.quants); others fail at load() with a clear message.
@@ -27,6 +31,7 @@ _HF_ARCH = {
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    **_OTHER_HF_ARCH,
 }
 
 _GLOBAL_NAMES = {
@@ -47,17 +52,16 @@ _BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-# Tensors that are configuration, not weights: rope_freqs (Llama 3.x rope scaling, see gguf_rope.py).
-_CONFIG_TENSORS = ("rope_freqs.weight",)
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _BLOCK_RE.fullmatch(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    names = {**_BLOCK_NAMES, **_ARCH_BLOCK_NAMES.get(arch, {})}
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
     return None
 
 
@@ -76,7 +80,7 @@ def load_gguf(path: Path) -> LoadedModel:
                 f"unsupported GGUF quantization type {t.tensor_type.name} (tensor {t.name!r}) in "
                 f"{str(path)!r}; supported: {', '.join(q.name for q in SUPPORTED_TENSOR_TYPES)}"
             )
-        if hf_tensor_name(t.name) is None and t.name not in _CONFIG_TENSORS:
+        if hf_tensor_name(t.name, arch) is None and t.name not in _CONFIG_TENSORS:
             raise ValueError(f"unexpected tensor {t.name!r} in {arch} GGUF file {str(path)!r}")
 
     if (kind := meta.get("tokenizer.ggml.model")) not in TOKENIZER_MODELS:
@@ -93,7 +97,7 @@ def load_gguf(path: Path) -> LoadedModel:
         _iter_tensors=lambda keep_packed=None: _iter_tensors(reader, config, arch, keep_packed),
         _write_tokenizer=lambda out: write_tokenizer_dir(meta, config, out),
         packed_formats={
-            hf_tensor_name(t.name): _PACKED[t.tensor_type]
+            hf_tensor_name(t.name, arch): _PACKED[t.tensor_type]
             for t in reader.tensors
             if t.tensor_type in _PACKED and len(t.shape) == 2
         },
@@ -170,6 +174,9 @@ def _config(meta: _Metadata, reader: GGUFReader, arch: str) -> dict[str, Any]:
         config["rope_scaling"] = rope_scaling
     if arch == "qwen2":
         config["use_sliding_window"] = False  # llama.cpp does not record it; Qwen2 ships it off
+    for k, v in arch_config(arch, key, tensors, config).items():
+        if v is not None:
+            config[k] = v
     return config
 
 
@@ -200,7 +207,7 @@ _BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
 
 def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None) -> Iterator[tuple[str, Any]]:
     for t in reader.tensors:
-        name = hf_tensor_name(t.name)
+        name = hf_tensor_name(t.name, arch)
         if name is None:  # configuration tensors (_CONFIG_TENSORS), read by _config
             continue
         # Only llama-arch files were permuted (qwen2/qwen3 use HF's rope layout in llama.cpp).
@@ -215,6 +222,7 @@ def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None)
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         if permuted:
             w = _unpermute_rope(w, heads)
+        w = hf_value(arch, name, w)
         # Copy: the dequantized array may be a read-only view of the memory-mapped file.
         yield name, np.array(w, dtype=np.float32, order="C", copy=True)
 
