@@ -45,6 +45,11 @@ TINY_MODELS = {
         sliding_window=6, sliding_window_pattern=2, query_pre_attn_scalar=32,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # Phi-3: fused qkv and gate_up, longrope factors, partial rotary dims, a sliding window on all layers
+    "phi3": dict(arch="phi3", config_overrides=dict(
+        sliding_window=8, original_max_position_embeddings=512,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                         "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5], "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})),
     # A 4096-token window for the scheduler tests' 2000-token prompts.
     "llama-4k": dict(arch="llama", max_position_embeddings=4096, seed=1),
 }

@@ -42,12 +42,13 @@ def _assert_greedy_equal(pkg_path, hf_dir, steps=24, prompt=PROMPT):
     assert np.max(np.abs(logits - ref_logits)) <= TOL
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "gemma3", "phi3"])
 def test_gguf_with_sentencepiece_vocab_matches_transformers(gguf_package, tiny_model_dir, name):
     """GGUFs as llama.cpp writes them, with SentencePiece vocabularies: Llama 3.x (rope scaling only
     as rope_freqs.weight), Gemma 3 (norms stored as 1 + w, sliding-window pattern and window in the
-    metadata, linear rope scaling of the global layers). Greedy tokens equal transformers' on the
-    HF directory, past the sliding window."""
+    metadata, linear rope scaling of the global layers), Phi-3 (fused attn_qkv and ffn_up, longrope
+    factors as rope_factors_long / short, partial rotary dims). Greedy tokens equal transformers'
+    on the HF directory, past the sliding window."""
     pkg = gguf_package(name, vocab="spm")
     assert pkg.metadata["vocab_size"] == 611
     _assert_greedy_equal(pkg.path, tiny_model_dir(name))

@@ -10,9 +10,9 @@ from tvmlm import _core
 
 TOL = 1e-3
 # Every tiny variant of conftest.TINY_MODELS: Llama (untied, tied; llama3 rope), Qwen2 (bias, a sliding
-# window on one layer), Qwen3 (q/k norm), Mistral (explicit head_dim, sliding window), Gemma 3; all
-# with the odd vocabulary size 611. Windows are shorter than the sequences.
-ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral", "gemma3"]
+# window on one layer), Qwen3 (q/k norm), Mistral (explicit head_dim, sliding window), Gemma 3,
+# Phi-3; all with the odd vocabulary size 611. Windows are shorter than the sequences.
+ARCHS = ["llama", "llama-tied", "qwen2", "qwen3", "mistral", "gemma3", "phi3"]
 
 
 @pytest.fixture(scope="session", params=ARCHS)

@@ -79,3 +79,9 @@ def rope_theta(cfg: dict) -> float:
     if "full_attention" in rope:
         rope = rope["full_attention"]
     return cfg.get("rope_theta") or rope.get("rope_theta", 10000.0)
+
+
+def rotary_dims(cfg: dict, head_dim: int) -> int:
+    """rope.dimension_count: the rotated dims of a head (Phi-3.5 / Phi-4 mini rotate a part)."""
+    rope = cfg.get("rope_parameters") or {}
+    return int(head_dim * rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))

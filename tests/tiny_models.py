@@ -256,7 +256,7 @@ def make_gguf_model(
     the HF directory's byte-level BPE.
     """
     import gguf
-    from tiny_archs import GGUF_ARCH, add_arch_extras, rope_theta
+    from tiny_archs import GGUF_ARCH, add_arch_extras, rope_theta, rotary_dims
 
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     cfg = json.loads((hf_dir / "config.json").read_text())
@@ -274,7 +274,7 @@ def make_gguf_model(
     w.add_head_count_kv(kv_heads)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(rotary_dims(cfg, head_dim))
     w.add_rope_freq_base(rope_theta(cfg))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     add_arch_extras(w, cfg, arch, head_dim)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -173,8 +175,9 @@ def _scaling(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] |
         out["factor"] = float(params["factor"])
     else:  # longrope (Phi-3): factors per frequency, chosen by context length (models/rope.py)
         orig = params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
-        out.update(short_factor=[float(x) for x in params["short_factor"]],
-                   long_factor=[float(x) for x in params["long_factor"]],
+        # as float32 (what a GGUF stores and what the rope uses), written shortest
+        f32 = lambda xs: [float(str(np.float32(x))) for x in xs]  # noqa: E731
+        out.update(short_factor=f32(params["short_factor"]), long_factor=f32(params["long_factor"]),
                    original_max_position_embeddings=int(orig or config.get("max_position_embeddings") or 4096))
         for key in ("factor", "attention_factor"):
             if params.get(key) is not None:
