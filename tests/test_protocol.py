@@ -32,9 +32,9 @@ def chat(**kw) -> ChatCompletionRequest:
     ({"top_p": 0}, ["top_p", "(0, 1]", "got 0"]),
     ({"top_p": 1.5}, ["top_p", "(0, 1]"]),
     ({"top_k": -1}, ["top_k", ">= 0", "-1"]),
-    ({"max_tokens": -1}, ["max_tokens", ">= 0"]),
+    ({"max_tokens": -1}, ["max_tokens", ">= 1"]),
     ({"max_tokens": 1.5}, ["max_tokens", "valid integer"]),
-    ({"max_completion_tokens": -3}, ["max_completion_tokens", ">= 0"]),
+    ({"max_completion_tokens": -3}, ["max_completion_tokens", ">= 1"]),
     ({"max_tokens": 5, "max_completion_tokens": 6}, ["max_tokens", "max_completion_tokens"]),
     ({"n": 129}, ["n", "[1, 128]", "129"]),
     ({"n": 0}, ["n", "[1, 128]"]),
@@ -131,7 +131,7 @@ def test_generation_config_defaults():
     # The model's defaults fill only what the request left unset.
     got = chat(temperature=0.2).generation_config(50, [2], {"temperature": 0.6, "top_p": 0.95})
     assert (got["temperature"], got["top_p"], got["top_k"]) == (0.2, 0.95, 0)
-    assert chat(max_tokens=0).generation_config(50, [])["max_tokens"] == 0
+    assert chat(max_tokens=1).generation_config(50, [])["max_tokens"] == 1
 
 
 def test_stream_without_usage():

@@ -28,6 +28,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from . import integrity
 from ._version import __version__
 from .config import model_kv_dtype
 from .errors import ConfigError, ModelError, TvmlmError
@@ -162,21 +163,32 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def _entry_is_valid(directory: Path, key: str, files: tuple[str, ...]) -> bool:
+    """The entry has `files` and they are as built (integrity.py: hashes recorded at build)."""
     manifest = _read_manifest(directory)
     if manifest is None or manifest.get("key") != key:
         return False
-    sizes = manifest.get("sizes", {})
-    for name in files:
-        path = directory / name
-        if not path.is_file() or path.stat().st_size != sizes.get(name):
+    if not all((directory / name).is_file() for name in files):
+        return False
+    if "files" not in manifest:  # an entry from before hashes were recorded: sizes, then record them
+        sizes = manifest.get("sizes", {})
+        if any((directory / n).stat().st_size != sizes.get(n) for n in files if n != "manifest.json"):
             return False
-    return True
+        _write_manifest(directory, key, files, {k: v for k, v in manifest.items() if k not in ("key", "sizes")})
+        return True
+    problem = integrity.verify(directory, manifest)
+    if problem is not None:
+        logger.warning("cache entry %s: %s; rebuilding it", directory, problem)
+    return problem is None
 
 
 def _write_manifest(directory: Path, key: str, files: tuple[str, ...], extra: dict[str, Any]) -> None:
-    sizes = {name: (directory / name).stat().st_size for name in files}
-    manifest = {"key": key, "sizes": sizes, "created": time.time(), **extra}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    """manifest.json, written last: the key, and the size and hash of every file (integrity.py)."""
+    present = (p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    names = sorted({*files, *present} - {"manifest.json"})
+    manifest = integrity.manifest_entry(directory, names, {"key": key, "created": time.time(), **extra})
+    tmp = directory / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, directory / "manifest.json")
 
 
 def _publish(tmp: Path, final: Path) -> None:

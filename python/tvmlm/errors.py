@@ -29,8 +29,24 @@ class ConfigError(TvmlmError, ValueError):
         return cls(f"{field}={value!r} is invalid: expected {allowed}")
 
 
-class ModelError(TvmlmError):
+class ModelError(TvmlmError, ValueError):
     """The model path, its files, its metadata or its architecture is unusable."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """The model path (or a file it needs) does not exist."""
+
+
+class ModelFileError(ModelError):
+    """A model file is malformed. `file` is its path, `where` the field, key or tensor at fault;
+    the message adds what was found and what was expected."""
+
+    def __init__(self, file: Any, where: str, problem: str):
+        self.file, self.where, self.problem = str(file), where, problem
+        super().__init__(f"{self.file}: {where} {problem}")
+
+    def __reduce__(self):  # picklable (e.g. across processes) despite the 3-argument constructor
+        return type(self), (self.file, self.where, self.problem)
 
 
 class DeviceError(TvmlmError):

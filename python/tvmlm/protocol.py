@@ -32,6 +32,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 from .errors import RequestError
 from .protocol_structured import (AssistantToolCall, ChoiceDeltaToolCall, ResponseFormat, ToolCall,
                                   ToolChoice, ToolParam)
+from .request_limits import check_values, to_int64
 
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 MAX_STOP_STRINGS = 16
@@ -60,7 +61,8 @@ def _format_error(err: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{where}: is not a supported field"
     if kind == "value_error":  # our own validators: the message already quotes the value
-        return f"{where}: {msg.removeprefix('Value error, ')}"
+        msg = msg.removeprefix("Value error, ")
+        return f"{where}: {msg}" if err["loc"] else msg  # request-wide checks name their field
     return f"{where}: {msg} (got {err.get('input')!r})"
 
 
@@ -69,9 +71,10 @@ def _request_error(what: str, exc: ValidationError) -> RequestError:
 
 
 class _Strict(BaseModel):
-    """Refuses unknown fields, so an unsupported option is an error instead of a silent no-op."""
+    """Refuses unknown fields, so an unsupported option is an error instead of a silent no-op,
+    and NaN or infinite floats in any field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Request(_Strict):
@@ -91,13 +94,21 @@ class _Request(_Strict):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Self:
-        """Validate a dict of request arguments (e.g. the kwargs of `create`).
+        """Validate a dict of request arguments (e.g. the kwargs of `create`, a JSON body).
 
         Use this or the constructor; pydantic's `model_validate` skips the RequestError conversion.
         """
-        if not isinstance(data, Mapping):
-            raise RequestError(f"invalid {cls._kind}: expected a mapping of fields, got {data!r}")
+        if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+            raise RequestError(f"invalid {cls._kind}: expected a mapping of field names to values, got {data!r:.200}")
         return cls(**dict(data))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limits(cls, data: Any) -> Any:
+        # Integer ranges, text and sizes for every field, new ones included (request_limits.py).
+        if isinstance(data, Mapping):
+            check_values(data)
+        return data
 
 
 class TextContentPart(_Strict):
@@ -200,7 +211,7 @@ class _SamplingRequest(_Request):
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v: Any) -> Any:
-        return _check_range(v, 0, None)
+        return _check_range(v, 1, None)
 
     @field_validator("temperature")
     @classmethod
@@ -275,7 +286,7 @@ class _SamplingRequest(_Request):
             "temperature": float(pick("temperature")),
             "top_p": float(pick("top_p")),
             "top_k": int(pick("top_k")),
-            "seed": self.seed,
+            "seed": None if self.seed is None else to_int64(self.seed),  # same 64 bits
             "stop_token_ids": [int(t) for t in stop_token_ids],
             "ignore_eos": self.ignore_eos,
             "n": self.n,
@@ -324,7 +335,7 @@ class ChatCompletionRequest(_SamplingRequest):
     @field_validator("max_completion_tokens")
     @classmethod
     def _max_completion_tokens(cls, v: Any) -> Any:
-        return _check_range(v, 0, None)
+        return _check_range(v, 1, None)
 
     @model_validator(mode="after")
     def _check_tool_choice(self) -> "ChatCompletionRequest":

@@ -3,7 +3,6 @@ the files beside it (tokenizer_config.json, generation_config.json, config.json,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +10,8 @@ import tokenizers
 
 from .chat_template import render_chat_template
 from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, TokenBytes
+from .errors import ModelNotFoundError
+from .weights.checks import load_tokenizer_json, read_json_file
 
 __all__ = ["Tokenizer"]
 
@@ -18,7 +19,7 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_file(path) if path.is_file() else {}  # ModelFileError naming the file
 
 
 def _content(tok: Any) -> str | None:
@@ -37,8 +38,8 @@ class Tokenizer:
         d = Path(tokenizer_dir)
         tok_file = d / "tokenizer.json"
         if not tok_file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {str(d)!r}")
-        self._tok = tokenizers.Tokenizer.from_file(str(tok_file))
+            raise ModelNotFoundError(f"no tokenizer.json in {str(d)!r}")
+        self._tok = load_tokenizer_json(tok_file)  # ModelFileError naming the file
         cfg = _read_json(d / "tokenizer_config.json")
         gen = _read_json(d / "generation_config.json")
         model_cfg = _read_json(d / "config.json")

@@ -19,22 +19,41 @@ __all__ = ["LoadedModel", "PackedWeight", "load", "SUPPORTED_ARCHITECTURES", "SU
 
 
 def load(path: str | Path) -> LoadedModel:
-    """Open an HF model directory or a `.gguf` file. Raises with a clear message when unusable."""
+    """Open an HF model directory or a `.gguf` file, its headers checked first (checks.py).
+
+    Anything unusable raises `ModelError` (a ValueError; `ModelNotFoundError`, also a
+    FileNotFoundError, for a missing path) naming the file and what was expected."""
+    from ..errors import ModelError, ModelNotFoundError, TvmlmError
+    from . import checks
+
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model path {str(p)!r} does not exist; expected a Hugging Face model directory "
             "(config.json + *.safetensors) or a .gguf file"
         )
-    if p.is_dir():
-        from . import hf
+    try:
+        if p.is_dir():
+            from . import hf
 
-        return hf.load_hf_dir(p)
-    if p.suffix.lower() == ".gguf":
-        from . import gguf
+            tensors = checks.check_hf_dir(p)
+            loaded = hf.load_hf_dir(p)
+        elif p.suffix.lower() == ".gguf":
+            from . import gguf
 
-        return gguf.load_gguf(p)
-    raise ValueError(
-        f"model path {str(p)!r} is a file but not a .gguf file; expected a Hugging Face model "
-        "directory (config.json + *.safetensors) or a .gguf file"
-    )
+            tensors = checks.check_gguf_file(p)
+            loaded = gguf.load_gguf(p)
+        else:
+            raise ModelError(
+                f"model path {str(p)!r} is a file but not a .gguf file; expected a Hugging Face model "
+                "directory (config.json + *.safetensors) or a .gguf file"
+            )
+        checks.check_loaded(loaded, tensors)
+        checks.check_tokenizer(loaded)
+    except TvmlmError:
+        raise
+    except (ValueError, NotImplementedError) as exc:  # the loaders' own messages name the file
+        raise ModelError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read the model at {str(p)!r}: {exc}") from exc
+    return loaded

@@ -14,6 +14,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from ..models.packed import PackedWeight
+from .checks import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
 from .gguf_archs import HF_ARCH as _OTHER_HF_ARCH
@@ -88,6 +89,7 @@ def load_gguf(path: Path) -> LoadedModel:
             f"unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model) in {str(path)!r}; "
             f"supported: {', '.join(TOKENIZER_MODELS)}"
         )
+    check_gguf_required(path, meta, reader)
     config = _config(meta, reader, arch)
     return LoadedModel(
         config=config,
