@@ -186,7 +186,7 @@ HF_CASES = {
     "config-negative-hidden": (_set_config(hidden_size=-64), "config.json", ["hidden_size", "is -64"]),
     "config-hidden-as-string": (_set_config(hidden_size="64"), "config.json", ["hidden_size", "'64'"]),
     "config-missing-vocab": (_set_config(vocab_size=None), "config.json", ["vocab_size", "missing"]),
-    "config-fewer-layers": (_set_config(num_hidden_layers=1), "model.safetensors", ["model.layers.1.", "layer 1", "1 layers"]),
+    "config-fewer-layers": (_set_config(num_hidden_layers=1), "model.safetensors", ["model.layers.1.", "layer 1", "gives 1 layer(s)"]),
     "config-nan-eps": (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": NaN')), "config.json", ["rms_norm_eps", "finite"]),
     "tokenizer-json-not-json": (_write("tokenizer.json", b"not json"), "tokenizer.json", ["not a tokenizers file"]),
     "tokenizer-json-a-list": (_write("tokenizer.json", b"[1, 2, 3]"), "tokenizer.json", ["not a tokenizers file", "expected struct Tokenizer"]),

@@ -10,6 +10,7 @@ import jinja2
 import pytest
 from tiny_models import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
+from tvmlm.errors import ModelFileError
 from tvmlm.chat_template import render_chat_template
 from tvmlm.tokenizer import Tokenizer
 from tvmlm.weights import load
@@ -182,13 +183,12 @@ def test_gguf_llama_bpe_takes_whole_words_from_vocab(tiny, tmp_path):
     assert len(found["default"]) > len(found["llama-bpe"])
 
 
-def test_gguf_sentencepiece_tokenizer_not_implemented(tiny, tmp_path):
+def test_gguf_sentencepiece_without_scores_refused_at_load(tiny, tmp_path):
+    """A vocabulary that cannot be rebuilt is refused when the file is opened, before any work."""
     _, _, d = tiny
     src = make_gguf_model(d, tmp_path / "m.gguf", "F32")
-    m = load(_rewrite_gguf(src, tmp_path / "sp.gguf", tokenizer__ggml__model="llama"))
-    assert m.config["num_hidden_layers"] == 1  # weights still load
-    with pytest.raises(NotImplementedError, match="SentencePiece"):
-        m.tokenizer_dir(tmp_path / "tok")
+    with pytest.raises(ModelFileError, match=r"tokenizer metadata .*tokenizer\.ggml\.scores"):
+        load(_rewrite_gguf(src, tmp_path / "sp.gguf", tokenizer__ggml__model="llama"))
 
 
 @pytest.fixture(scope="module")
