@@ -10,8 +10,8 @@ import jinja2
 import pytest
 from tiny_models import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
-from tvmlm.errors import ModelFileError
 from tvmlm.chat_template import render_chat_template
+from tvmlm.errors import ModelFileError
 from tvmlm.tokenizer import Tokenizer
 from tvmlm.weights import load
 
