@@ -16,24 +16,31 @@ from .protocol_structured import ChoiceDeltaToolCall
 from .tool_calls import ToolCallStream, ToolFormat, attach_tool_calls
 
 
+_UNSET: Any = object()  # a required argument left out: the request's validation says so by name
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not _UNSET}
+
+
 class _ChatCompletions:
     def __init__(self, generator: Generator, model_name: str):
         self._generator = generator
         self._model_name = model_name
 
-    def create(self, *, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any):
+    def create(self, *, messages: list[dict[str, Any]] = _UNSET, stream: bool = False, **kwargs: Any):
         """OpenAI's chat.completions.create: a ChatCompletion, or an iterator of chunks when stream."""
         generator = self._generator
         generator.check_open()
-        req = protocol.ChatCompletionRequest.parse({"messages": messages, "stream": stream, **kwargs})
+        req = protocol.ChatCompletionRequest.parse(_given(messages=messages, stream=stream, **kwargs))
         # Tools reach the template (and calls are parsed) unless tool_choice is "none".
         use_tools = bool(req.tools) and req.tool_choice_mode != "none"
         tool_format = ToolFormat.detect(generator.tokenizer.chat_template) if use_tools else None
-        rendered = generator.tokenizer.apply_chat_template(
+        rendered = generator.render_chat(
             [m.template_view() for m in req.messages], add_generation_prompt=True,
             tools=[t.model_dump(exclude_none=True) for t in req.tools] if use_tools else None,
         )
-        prompt_ids = generator.tokenizer.encode(rendered, add_special_tokens=False)
+        prompt_ids = generator.encode(rendered, add_special_tokens=False)
         grammar = None
         if req.response_format is not None or tool_format is not None:
             from .grammar import chat_grammar
@@ -127,13 +134,13 @@ class Completions:
         self._generator = generator
         self._model_name = model_name
 
-    def create(self, *, prompt: str | list[int], stream: bool = False, **kwargs: Any):
+    def create(self, *, prompt: str | list[int] = _UNSET, stream: bool = False, **kwargs: Any):
         """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
         generator = self._generator
         generator.check_open()
-        req = protocol.CompletionRequest.parse({"prompt": prompt, "stream": stream, **kwargs})
+        req = protocol.CompletionRequest.parse(_given(prompt=prompt, stream=stream, **kwargs))
         if isinstance(req.prompt, str):
-            prompt_ids = generator.tokenizer.encode(req.prompt, add_special_tokens=True)
+            prompt_ids = generator.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
         request = generator.start(prompt_ids, req)

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Engine(model, device=args.device, mode=args.mode) as engine:
             if args.command == "complete":
+                chunks = engine.completions.create(prompt=args.prompt, stream=True, **sampling)  # validates first
                 sys.stdout.write(args.prompt)
-                _print_stream(engine.completions.create(prompt=args.prompt, stream=True, **sampling), sys.stdout)
+                _print_stream(chunks, sys.stdout)
                 return 0
             history = [{"role": "system", "content": args.system}] if args.system else []
             prompts = [args.prompt] if args.prompt else None

@@ -31,7 +31,7 @@ from filelock import FileLock
 from . import integrity
 from ._version import __version__
 from .config import model_kv_dtype
-from .errors import ConfigError, ModelError, TvmlmError
+from .errors import ConfigError, ModelError, ModelNotFoundError, TvmlmError
 
 logger = logging.getLogger("tvmlm")
 
@@ -416,7 +416,7 @@ def resolve_package(
     compiled with `model_lib` or into the cache), raising ModelError/ConfigError with the fix."""
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelError(
+        raise ModelNotFoundError(
             f"model={str(model)!r} does not exist; expected a Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer), a .gguf file, or a compiled tvmlm package"
         )
@@ -433,7 +433,7 @@ def resolve_package(
                 f"model_lib={model_lib!r} was given, but model={str(model)!r} is already a compiled package "
                 "with its own lib.so; pass one or the other"
             )
-        meta = json.loads((path / "metadata.json").read_text())
+        meta = integrity.check_package(path)  # metadata, params header, hashes when it has a manifest
         check_kv_dtype(kv_dtype, meta, f"the compiled package {str(path)!r}")
         check_target(meta, device_kind, f"model library {str(path / 'lib.so')!r}")
         return path, meta, False
@@ -447,11 +447,9 @@ def resolve_package(
             # query in _core); the library is compiled for the GPU the compiling process sees.
             options = CompileOptions(quantization=quantization, kv_dtype=kv_dtype)
             pkg = prepare_package(path, device_kind, options=options)
-    except (FileNotFoundError, NotImplementedError) as exc:
-        raise ModelError(str(exc)) from exc
-    except ValueError as exc:
-        if isinstance(exc, TvmlmError):
-            raise
+    except TvmlmError:
+        raise
+    except (OSError, ValueError, NotImplementedError) as exc:
         raise ModelError(str(exc)) from exc
     return pkg.path, pkg.metadata, pkg.compiled
 

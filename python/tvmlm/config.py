@@ -61,11 +61,14 @@ REQUIRED_META = (
 )
 
 
+_INT32_MAX = 2**31 - 1  # the core's sizes are 32-bit
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError.bad_value(name, value, f"an integer >= {minimum}, or None to derive it")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _INT32_MAX:
+        raise ConfigError.bad_value(name, value, f"an integer in [{minimum}, {_INT32_MAX}], or None to derive it")
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ class EngineConfig:
             raise ConfigError.bad_value("gpu_memory_utilization", u, "a number in (0, 1], or None")
         if self.prefix_cache is not None and not isinstance(self.prefix_cache, bool):
             raise ConfigError.bad_value("prefix_cache", self.prefix_cache, [True, False, None])
-        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+        if self.quantization is not None and not (isinstance(self.quantization, str) and self.quantization in QUANTIZATIONS):
             raise ConfigError.bad_value("quantization", self.quantization, list(QUANTIZATIONS) + [None])
-        if self.kv_dtype is not None and self.kv_dtype not in KV_DTYPE_BYTES:
+        if self.kv_dtype is not None and not (isinstance(self.kv_dtype, str) and self.kv_dtype in KV_DTYPE_BYTES):
             raise ConfigError.bad_value("kv_dtype", self.kv_dtype, list(KV_DTYPE_BYTES) + [None])
         if (
             self.prefill_chunk_size is not None

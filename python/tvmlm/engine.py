@@ -27,7 +27,7 @@ from .api import Chat, Completions
 from .compile import resolve_package
 from .config import MODES, EngineConfig, format_resolved_config, resolve_engine_config
 from .devices import available_memory, resolve_device
-from .errors import ConfigError, EngineClosedError, ModelError, OutOfMemoryError
+from .errors import ConfigError, EngineClosedError, ModelError, OutOfMemoryError, TvmlmError
 from .generation import Generator
 from .tokenizer import Tokenizer
 
@@ -78,6 +78,10 @@ class Engine:
         self.generator: Generator | None = None
         t0 = time.perf_counter()
         # 1. validate the arguments before touching the disk.
+        if not isinstance(model, (str, os.PathLike)):
+            raise ConfigError.bad_value("model", model, "a path (str or os.PathLike): an HF directory, a .gguf file or a compiled package")
+        if model_lib is not None and not isinstance(model_lib, (str, os.PathLike)):
+            raise ConfigError.bad_value("model_lib", model_lib, "a path (str or os.PathLike) to a compiled lib.so, or None")
         if mode not in MODES:
             raise ConfigError.bad_value("mode", mode, MODES)
         if engine_config is not None and not isinstance(engine_config, EngineConfig):
@@ -122,6 +126,8 @@ class Engine:
             self.terminate()
             if isinstance(exc, RuntimeError) and "memory" in str(exc).lower():
                 raise OutOfMemoryError(str(exc)) from exc
+            if isinstance(exc, (RuntimeError, ValueError)) and not isinstance(exc, TvmlmError):
+                raise ModelError(f"the core could not load the package {str(self.package_dir)!r}: {exc}") from exc
             raise
         self.generator = Generator(self._core, self._router, self.tokenizer, self.metadata, resolved,
                                    self.sampling_defaults)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol
+from .chat_template import ChatTemplateError
 from .config import EngineConfig
 from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, StopStringMatcher
 from .errors import EngineClosedError, RequestError
@@ -206,6 +207,22 @@ class Generator:
             stop_token_ids=[] if req.ignore_eos else self.tokenizer.eos_token_ids,
             defaults=self.sampling_defaults,
         )
+
+    def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        """The model's chat template applied to `messages`; a template that refuses them (a role
+        it does not know, say), or a model without one, is a RequestError."""
+        try:
+            return self.tokenizer.apply_chat_template(messages, **kwargs)
+        except (ChatTemplateError, ValueError, TypeError) as exc:
+            raise RequestError(f"invalid chat completion request: messages: the model's chat template refused them: {exc}") from None
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids of prompt text; text the tokenizer refuses is a RequestError (the request
+        models refuse lone surrogates first, so this is a backstop)."""
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises TypeError or plain Exception
+            raise RequestError(f"the tokenizer refused the prompt text: {exc}") from None
 
     def check_prompt(self, prompt_ids: list[int], generation: dict[str, Any]) -> None:
         """Validate what the core would reject late; clamp generation["max_tokens"] to the context."""
