@@ -150,7 +150,7 @@ def check_gguf_file(path: Path) -> Tensors:
         if key in meta:
             _check_value(path, f"metadata key {key!r}", meta[key], kind)
     _check_gguf_vocab(path, header)
-    return {hf_tensor_name(t.name) or t.name: (t.shape, path) for t in header.tensors}
+    return {hf_tensor_name(t.name, arch) or t.name: (t.shape, path) for t in header.tensors}
 
 
 def check_gguf_required(path: Path, meta: Any, reader: Any) -> None:
