@@ -122,7 +122,7 @@ def check_package(path: Path) -> dict[str, Any]:
     """A compiled package given by the user: its metadata.json (returned), params.safetensors
     against it, and, when it has a manifest.json, every file against the manifest."""
     from .weights.check_safetensors import read_safetensors_header
-    from .weights.checks import read_json_file
+    from .weights.check_json import read_json_file
 
     meta = read_json_file(path / "metadata.json")
     params = meta.get("params")

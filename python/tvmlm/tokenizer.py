@@ -11,7 +11,7 @@ import tokenizers
 from .chat_template import render_chat_template
 from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, TokenBytes
 from .errors import ModelNotFoundError
-from .weights.checks import load_tokenizer_json, read_json_file
+from .weights.check_json import load_tokenizer_json, read_json_file
 
 __all__ = ["Tokenizer"]
 

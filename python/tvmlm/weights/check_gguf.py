@@ -20,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import ModelFileError
 
-__all__ = ["GGUFHeader", "GGUFTensorInfo", "read_gguf_header"]
+__all__ = ["GGUFHeader", "GGUFTensorInfo", "check_gguf_required", "read_gguf_header"]
 
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)
@@ -226,3 +226,20 @@ def _place_tensors(path: Path, infos: list, data_start: int, alignment: int, siz
                 f"({a.start:,}-{a.start + a.nbytes:,})",
             )
     return tensors
+
+
+# Metadata keys (after "<arch>.") that gguf.py's `_config` cannot do without.
+_GGUF_REQUIRED = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
+
+
+def check_gguf_required(path: Path, meta: Any, reader: Any) -> None:
+    """What gguf.py's `_config` and tokenizer read must be there (`meta.get(key)`, `reader.tensors`);
+    called by the loader after its own checks (architecture, tensor types and names)."""
+    arch = meta.get("general.architecture")
+    for key in _GGUF_REQUIRED:
+        if meta.get(f"{arch}.{key}") is None:
+            raise ModelFileError(path, f"metadata key '{arch}.{key}'", "is missing: expected a positive integer")
+    if meta.get("tokenizer.ggml.tokens") is None:
+        raise ModelFileError(path, "metadata key 'tokenizer.ggml.tokens'", "is missing: expected the token list")
+    if not any(t.name == "token_embd.weight" for t in reader.tensors):
+        raise ModelFileError(path, "tensor 'token_embd.weight'", "is missing: expected the token embeddings")

@@ -12,7 +12,6 @@ heads, and every known tensor in the shape the config implies. Every failure is 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 
 from ..errors import ModelFileError
 from .check_gguf import GGUFHeader, read_gguf_header
+from .check_json import load_tokenizer_json, read_json_file
 from .check_safetensors import read_safetensors_header
 
-__all__ = ["check_gguf_file", "check_gguf_required", "check_hf_dir", "check_loaded", "check_tokenizer",
-           "load_tokenizer_json", "read_json_file"]
+__all__ = ["check_gguf_file", "check_hf_dir", "check_loaded", "check_tokenizer"]
 
 _INT32_MAX = 2**31 - 1
 # Safetensors dtypes an HF checkpoint's weights may have (loaded as float32).
@@ -31,32 +30,6 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _SKIP_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some checkpoints carry (hf.py skips them)
 _JSON_FILES = ("tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
-
-
-def read_json_file(path: str | Path, expect: type = dict) -> Any:
-    """The JSON value in `path` (an object unless `expect` says otherwise); ModelFileError naming
-    the file when it is unreadable, not JSON, or of another type."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ModelFileError(path, "content", f"is not valid JSON: {exc}") from None
-    if not isinstance(value, expect):
-        names = {dict: "object", list: "array", str: "string"}
-        raise ModelFileError(
-            path, "content", f"is a JSON {names.get(type(value), type(value).__name__)}, expected a JSON {names.get(expect, expect.__name__)}"
-        )
-    return value
-
-
-def load_tokenizer_json(path: str | Path) -> Any:
-    """tokenizer.json as a `tokenizers.Tokenizer`; ModelFileError naming the file when it does not load."""
-    import tokenizers
-
-    try:
-        return tokenizers.Tokenizer.from_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception for every problem
-        raise ModelFileError(path, "content", f"is not a tokenizers file (tokenizer.json): {exc}") from None
 
 
 def check_tokenizer(loaded: Any) -> None:
@@ -127,7 +100,6 @@ _GGUF_ARCH_KEYS = {
     "rope.scaling.factor": "number", "rope.scaling.original_context_length": "count",
     "rope.scaling.type": "string",
 }  # fmt: skip
-_GGUF_REQUIRED = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
 _TOKENIZER_KEYS = {
     "tokenizer.ggml.model": "string", "tokenizer.ggml.pre": "string", "tokenizer.ggml.tokens": "strings",
     "tokenizer.ggml.token_type": "ints", "tokenizer.ggml.merges": "strings", "tokenizer.chat_template": "string",
@@ -151,19 +123,6 @@ def check_gguf_file(path: Path) -> Tensors:
             _check_value(path, f"metadata key {key!r}", meta[key], kind)
     _check_gguf_vocab(path, header)
     return {hf_tensor_name(t.name, arch) or t.name: (t.shape, path) for t in header.tensors}
-
-
-def check_gguf_required(path: Path, meta: Any, reader: Any) -> None:
-    """What gguf.py's `_config` and tokenizer read must be there (`meta.get(key)`, `reader.tensors`);
-    called by the loader after its own checks (architecture, tensor types and names)."""
-    arch = meta.get("general.architecture")
-    for key in _GGUF_REQUIRED:
-        if meta.get(f"{arch}.{key}") is None:
-            raise ModelFileError(path, f"metadata key '{arch}.{key}'", "is missing: expected a positive integer")
-    if meta.get("tokenizer.ggml.tokens") is None:
-        raise ModelFileError(path, "metadata key 'tokenizer.ggml.tokens'", "is missing: expected the token list")
-    if not any(t.name == "token_embd.weight" for t in reader.tensors):
-        raise ModelFileError(path, "tensor 'token_embd.weight'", "is missing: expected the token embeddings")
 
 
 def _check_gguf_vocab(path: Path, header: GGUFHeader) -> None:

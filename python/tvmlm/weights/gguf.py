@@ -14,7 +14,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from ..models.packed import PackedWeight
-from .checks import check_gguf_required
+from .check_gguf import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
 from .gguf_archs import HF_ARCH as _OTHER_HF_ARCH
