@@ -47,7 +47,7 @@ CHAT_CASES = {
     "messages-surrogate": ({"messages": [{"role": "user", "content": "ok \udc80"}]}, ["messages[0].content", "lone surrogate"]),
     "messages-too-many": ({"messages": HI * (MAX_ITEMS + 1)}, ["messages", f"at most {MAX_ITEMS:,}"]),
     "messages-nested-too-deep": ({"messages": [{"role": "user", "content": [[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]}]}, ["nested deeper"]),
-    "role-the-template-refuses": ({"messages": [{"role": "tool", "content": "x"}]}, ["chat template refused", "tool"]),
+    "role-the-template-refuses": ({"messages": [*HI, {"role": "system", "content": "x"}]}, ["chat template refused", "got system"]),
     "messages-empty": ({"messages": []}, ["messages", "non-empty"]),
     "messages-missing": ({}, ["messages", "required"]),
     "content-not-text": ({"messages": [{"role": "user", "content": 5}]}, ["content", "string"]),
