@@ -68,7 +68,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _INT32_MAX:
-        raise ConfigError.bad_value(name, value, f"an integer in [{minimum}, {_INT32_MAX}], or None to derive it")
+        raise ConfigError.bad_value(name, value, f"an integer >= {minimum} (at most {_INT32_MAX}), or None to derive it")
 
 
 @dataclass(frozen=True)
