@@ -52,3 +52,17 @@ def test_gguf_with_sentencepiece_vocab_matches_transformers(gguf_package, tiny_m
     pkg = gguf_package(name, vocab="spm")
     assert pkg.metadata["vocab_size"] == 611
     _assert_greedy_equal(pkg.path, tiny_model_dir(name))
+
+
+@pytest.mark.parametrize("name, reason", [("mistral", "sliding-window attention"), ("phi3", "sliding-window"),
+                                          ("gemma3", "sliding-window")])
+def test_cpu_only_features_are_refused_before_compiling(tiny_model_dir, tvmlm_cache_dir, name, reason):
+    """Sliding windows and model-side rope have CPU kernels only: another target is refused when
+    the model is opened, with the reason, and nothing is compiled."""
+    from tvmlm.compile import prepare_package
+
+    libs = lambda: set((tvmlm_cache_dir / "libs").glob("*"))  # noqa: E731
+    before = libs()
+    with pytest.raises(ValueError, match=f"{reason}.*runs on cpu only, not cuda"):
+        prepare_package(tiny_model_dir(name), "cuda", progress=False)
+    assert libs() == before

@@ -87,6 +87,22 @@ def test_hf_bf16_widening_is_exact(tmp_path):
         np.testing.assert_array_equal(arr, ref[name].float().numpy(), err_msg=name)
 
 
+def test_hf_16bit_weights_are_not_widened_silently(tmp_path):
+    """16-bit checkpoints: the loader reports what the files store (from the headers alone), and
+    compiling without quantization says that the weights are widened and how to pack them."""
+    from tvmlm.compile import CompileOptions, widening_note
+
+    for dtype, stored in (("bfloat16", "BF16"), ("float16", "F16"), ("float32", None)):
+        loaded = load(make_hf_model("llama", tmp_path / dtype, dtype=dtype, layers=1))
+        note = widening_note(loaded, CompileOptions())
+        if stored is None:
+            assert loaded.stored_dtypes == {"F32"} and note is None
+            continue
+        assert loaded.stored_dtypes == {stored}
+        assert stored in note and "widened to float32" in note and "quantization='q8_0'" in note
+        assert widening_note(loaded, CompileOptions(quantization="q8_0")) is None
+
+
 def test_hf_tokenizer_dir(tmp_path):
     src = make_hf_model("qwen2", tmp_path / "src", layers=1)
     out = load(src).tokenizer_dir(tmp_path / "out")

@@ -237,6 +237,8 @@ def prepare_package(
 
     # everything that cannot run is refused here, before anything is compiled
     check_target_support(LlamaConfig.from_hf(loaded.config), device_kind)
+    if (note := widening_note(loaded, options)) is not None:
+        logger.warning(note)
     if not options.weight_formats and (options.quantization is not None or loaded.packed_formats):
         # Asked-for group quantization, else block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay
         # packed: 4-6x fewer bytes per token.
@@ -270,6 +272,16 @@ def prepare_package(
             _build_package(loaded, lib_dir, pkg_dir, mkey, progress)
     _index_store(index, lkey, mkey)
     return Package(pkg_dir, json.loads((pkg_dir / "metadata.json").read_text()), compiled=compiled)
+
+
+def widening_note(loaded, options: CompileOptions) -> str | None:
+    """What to tell the user when 16-bit weights of an HF checkpoint will be computed in float32
+    (twice their size in memory): tvmlm has no 16-bit weight kernels yet; quantization packs them."""
+    half = sorted(loaded.stored_dtypes & {"BF16", "F16"})
+    if not half or options.quantization is not None or options.dtype != "float32" or options.weight_formats:
+        return None
+    return (f"{loaded.path} stores {'/'.join(half)} weights; they are widened to float32 (twice their size in "
+            "memory). EngineConfig(quantization='q8_0') or 'q4_1' packs them to 8 or 4.5 bits per weight instead")
 
 
 def _source_files(model_path: str | os.PathLike) -> list[str]:

@@ -50,7 +50,15 @@ def load_hf_dir(path: Path) -> LoadedModel:
         path=str(path),
         _iter_tensors=lambda: _iter_tensors(weight_files),
         _write_tokenizer=lambda out: write_tokenizer_dir(path, out),
+        stored_dtypes=frozenset(dtype for f in weight_files for dtype in _stored_dtypes(f)),
     )
+
+
+def _stored_dtypes(file: Path) -> set[str]:
+    """The dtypes of a safetensors file's tensors, from its JSON header alone."""
+    with open(file, "rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
 def _listing(path: Path) -> str:

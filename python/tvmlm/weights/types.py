@@ -36,6 +36,8 @@ class LoadedModel:
     _write_tokenizer: Callable[[Path], None] = dataclasses.field(repr=False)
     packed_formats: dict[str, str] = dataclasses.field(default_factory=dict)
     """hf_name -> "q4_1" | "q8_0" for tensors stored block-quantized that can stay packed."""
+    stored_dtypes: frozenset[str] = frozenset()
+    """The float dtypes an HF checkpoint's safetensors store ("BF16", "F16", "F32")."""
 
     def tensors(self, keep_packed: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
         """Yield `(hf_name, float32 array)` one tensor at a time; a tensor listed in
