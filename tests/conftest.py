@@ -34,7 +34,8 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
 TINY_MODELS = {
     # Llama 3.x rope scaling (its GGUF carries it as rope_freqs.weight)
     "llama": dict(arch="llama", config_overrides={"rope_parameters": LLAMA3_ROPE}),
-    "llama-tied": dict(arch="llama", tie=True),
+    # a bfloat16 checkpoint: weights kept in 16 bits (models/half.py), the tied lm_head too
+    "llama-tied": dict(arch="llama", tie=True, dtype="bfloat16"),
     # sliding windows shorter than the tests' sequences: on layer 1 of 2 (Qwen2), on all (Mistral)
     "qwen2": dict(arch="qwen2", tie=True, config_overrides=dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
     "qwen3": dict(arch="qwen3"),

@@ -87,20 +87,25 @@ def test_hf_bf16_widening_is_exact(tmp_path):
         np.testing.assert_array_equal(arr, ref[name].float().numpy(), err_msg=name)
 
 
-def test_hf_16bit_weights_are_not_widened_silently(tmp_path):
-    """16-bit checkpoints: the loader reports what the files store (from the headers alone), and
-    compiling without quantization says that the weights are widened and how to pack them."""
-    from tvmlm.compile import CompileOptions, widening_note
+def test_hf_16bit_weights_are_kept_or_not_widened_silently(tmp_path):
+    """16-bit checkpoints: the loader reports what the files store (from the headers alone); one
+    16-bit dtype is kept as stored, and a mix of bfloat16 and float16 (widened to float32) says so
+    and how to pack the weights instead."""
+    import dataclasses
 
-    for dtype, stored in (("bfloat16", "BF16"), ("float16", "F16"), ("float32", None)):
+    from tvmlm.compile import CompileOptions, widening_note
+    from tvmlm.models.convert import half_formats
+
+    for dtype, stored, fmt in (("bfloat16", "BF16", "bf16"), ("float16", "F16", "f16"), ("float32", "F32", None)):
         loaded = load(make_hf_model("llama", tmp_path / dtype, dtype=dtype, layers=1))
-        note = widening_note(loaded, CompileOptions())
-        if stored is None:
-            assert loaded.stored_dtypes == {"F32"} and note is None
-            continue
         assert loaded.stored_dtypes == {stored}
-        assert stored in note and "widened to float32" in note and "quantization='q8_0'" in note
-        assert widening_note(loaded, CompileOptions(quantization="q8_0")) is None
+        assert half_formats(loaded.stored_dtypes) == (None if fmt is None else {"linear": fmt, "embed": fmt, "lm_head": fmt})
+        assert widening_note(loaded, CompileOptions()) is None
+    mixed = dataclasses.replace(loaded, stored_dtypes=frozenset({"BF16", "F16"}))
+    assert half_formats(mixed.stored_dtypes) is None
+    note = widening_note(mixed, CompileOptions())
+    assert "BF16/F16" in note and "widened to float32" in note and "quantization='q8_0'" in note
+    assert widening_note(mixed, CompileOptions(quantization="q8_0")) is None
 
 
 def test_hf_tokenizer_dir(tmp_path):

@@ -237,6 +237,14 @@ def prepare_package(
 
     # everything that cannot run is refused here, before anything is compiled
     check_target_support(LlamaConfig.from_hf(loaded.config), device_kind)
+    if not options.weight_formats and options.quantization is None and options.dtype == "float32":
+        from dataclasses import replace
+
+        from .models.convert import half_formats
+
+        # 16-bit checkpoints keep their weights as stored (models/half.py)
+        if (plan := half_formats(loaded.stored_dtypes)) is not None:
+            options = replace(options, weight_formats=tuple(sorted(plan.items())))
     if (note := widening_note(loaded, options)) is not None:
         logger.warning(note)
     if not options.weight_formats and (options.quantization is not None or loaded.packed_formats):
@@ -275,10 +283,13 @@ def prepare_package(
 
 
 def widening_note(loaded, options: CompileOptions) -> str | None:
-    """What to tell the user when 16-bit weights of an HF checkpoint will be computed in float32
-    (twice their size in memory): tvmlm has no 16-bit weight kernels yet; quantization packs them."""
+    """What to tell the user when 16-bit weights of an HF checkpoint are widened to float32 (twice
+    their size in memory): a checkpoint that mixes bfloat16 and float16 weights, which the 16-bit
+    kernels (one dtype per model, models/half.py) do not keep as stored."""
+    from .models.convert import half_formats
+
     half = sorted(loaded.stored_dtypes & {"BF16", "F16"})
-    if not half or options.quantization is not None or options.dtype != "float32" or options.weight_formats:
+    if not half or half_formats(loaded.stored_dtypes) is not None or options.quantization is not None:
         return None
     return (f"{loaded.path} stores {'/'.join(half)} weights; they are widened to float32 (twice their size in "
             "memory). EngineConfig(quantization='q8_0') or 'q4_1' packs them to 8 or 4.5 bits per weight instead")

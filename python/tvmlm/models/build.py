@@ -11,6 +11,7 @@ import numpy as np
 
 from .._version import __version__
 from .llama import LlamaForCausalLM
+from .convert import HALF_FORMATS
 from .llama_config import LlamaConfig, check_target_support
 
 
@@ -80,7 +81,7 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     # cache defaults to bfloat16 where the CPU multiplies bfloat16 (attention then runs on vdpbf16ps,
     # models/x86_bf16.py): half the KV memory, 1.3-1.5x faster long prefills, and next-token
     # distributions as close to float32's as a float16 cache (llama.cpp's default) gets.
-    packed = any(fmt != "f32" for fmt in formats.values())
+    packed = any(fmt not in ("f32", *HALF_FORMATS) for fmt in formats.values())
     bf16_kv = cfg.interleave_rows and packed and options.dtype == "float32" and x86_bf16.supported(tvm_target)
     cfg.kv_dtype = options.kv_dtype or ("bfloat16" if bf16_kv else options.dtype)
     model = LlamaForCausalLM(cfg)

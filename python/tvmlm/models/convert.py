@@ -13,6 +13,9 @@ from .llama_config import LlamaConfig
 from .packed import QUANTIZATIONS, PackedWeight
 
 
+# Float weights kept as a checkpoint stores them (models/half.py), not packed and not widened.
+HALF_FORMATS = ("bf16", "f16")
+
 LINEAR_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -132,7 +135,7 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
             planned = _planned_format(name, formats)
             if isinstance(weight, PackedWeight) and weight.fmt != planned:
                 weight = weight.dequantize()  # e.g. Q4_0 linears next to Q8_0 ones: all go through float
-            if not isinstance(weight, PackedWeight) and planned != "f32":
+            if not isinstance(weight, PackedWeight) and planned not in ("f32", *HALF_FORMATS):
                 weight = PackedWeight.quantize(planned, weight)  # float source: group-quantize now
             if isinstance(weight, PackedWeight):
                 base = name.removesuffix(".weight")
@@ -152,13 +155,33 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
                     raise ValueError(f"weight {piece_name!r} has no place in the {cfg.model_type} model")
                 if list(array.shape) != spec["shape"]:
                     raise ValueError(f"weight {piece_name!r} has shape {list(array.shape)}, the model expects {spec['shape']}")
-                writer.write(piece_name, array.astype(spec["dtype"], copy=False))
+                writer.write(piece_name, _as_dtype(array, spec["dtype"]))
                 bar.update()
             del pieces
         missing = writer.missing()
     if missing:
         out_path.unlink(missing_ok=True)
         raise ValueError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def _as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
+    """`array` in a parameter's dtype; bfloat16 (which numpy lacks) as its 16-bit patterns, rounded
+    to nearest even (exact for values a bfloat16 checkpoint held)."""
+    if dtype != "bfloat16":
+        return array.astype(dtype, copy=False)
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def half_formats(stored_dtypes) -> dict[str, str] | None:
+    """Weight formats for an HF checkpoint stored in 16 bits (all float weights in one of bfloat16 /
+    float16, norms possibly float32): kept as stored. None for float32 checkpoints."""
+    half = {"BF16": "bf16", "F16": "f16"}
+    found = {half[d] for d in stored_dtypes if d in half}
+    if len(found) != 1:
+        return None
+    fmt = found.pop()
+    return {"linear": fmt, "embed": fmt, "lm_head": fmt}
 
 
 class _NoBar:

@@ -18,6 +18,8 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from . import fast_math
 from .llama_config import LlamaConfig
+from .convert import HALF_FORMATS
+from .half import HalfEmbedding, HalfLinear
 from .quant import QuantEmbedding, QuantLinear
 from .rope import apply_rope
 
@@ -26,6 +28,8 @@ def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bia
     """A dense nn.Linear, or a QuantLinear that keeps its weight packed (models/quant.py)."""
     if fmt == "f32":
         return nn.Linear(in_features, out_features, bias=bias)
+    if fmt in HALF_FORMATS:
+        return HalfLinear(in_features, out_features, fmt, bias=bias)
     return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows)
 
 class Attention(nn.Module):
@@ -118,6 +122,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         if cfg.embed_format == "f32":
             self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        elif cfg.embed_format in HALF_FORMATS:
+            self.embed_tokens = HalfEmbedding(cfg.vocab_size, cfg.hidden_size, cfg.embed_format)
         else:
             self.embed_tokens = QuantEmbedding(
                 cfg.vocab_size, cfg.hidden_size, cfg.embed_format, cfg.interleave_rows and cfg.tie_word_embeddings
@@ -145,7 +151,7 @@ class LlamaForCausalLM(nn.Module):
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.cfg.tie_word_embeddings:
             embed = self.model.embed_tokens
-            if isinstance(embed, QuantEmbedding):
+            if isinstance(embed, (QuantEmbedding, HalfEmbedding)):
                 logits = embed.matmul(hidden)
             else:
                 logits = op.matmul(hidden, op.permute_dims(embed.weight))
