@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ._version import __version__
 
 _LAZY = {
+    "AsyncEngine": ".async_engine",
     "Engine": ".engine",
     "EngineConfig": ".config",
     "ConfigError": ".errors",
@@ -28,6 +29,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AsyncEngine",
     "ConfigError",
     "DeviceError",
     "Engine",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .async_engine import AsyncEngine
     from .config import EngineConfig
     from .engine import Engine
     from .errors import (

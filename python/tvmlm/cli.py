@@ -3,6 +3,7 @@
     tvmlm chat "What is the capital of France?"      # one answer
     tvmlm chat                                       # a REPL (empty line or Ctrl-D ends it)
     tvmlm complete "Once upon a time" --max-tokens 32
+    tvmlm serve [MODEL] --port 8000                  # an OpenAI-compatible HTTP server
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--system", help="system prompt (chat)")
         p.add_argument("-v", "--verbose", action="store_true", help="log engine setup (INFO)")
+    from .server.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmark tvmlm against peers (see python -m tvmlm.bench --help)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.__main__ import main as bench_main
 
         return bench_main(args.args)
+    if args.command == "serve":
+        from .server.cli import main as serve_main
+
+        return serve_main(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command == "complete" and not args.prompt:
         raise SystemExit("tvmlm complete needs a prompt")

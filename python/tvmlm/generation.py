@@ -268,15 +268,16 @@ class Generator:
             self.grammar.close()
 
     def submit(self, prompt_ids: list[int], generation: dict[str, Any], stream: bool = True,
-               token_masks: list | None = None) -> tuple[str, Any]:
+               token_masks: list | None = None, notify: bool = False) -> tuple[str, Any]:
         """Validate and queue a request; (request id, its inbox). Without `stream` the inbox
         delivers each choice whole, when it finishes (one wake-up). `token_masks`: one
-        `_core.GrammarMask` per choice for a grammar-constrained request."""
+        `_core.GrammarMask` per choice for a grammar-constrained request. `notify`: the inbox's
+        wake-ups also go to the router's ready set (`router.wait_ready()`, for AsyncEngine)."""
         self.check_open()
         self.check_prompt(prompt_ids, generation)
         request_id = uuid.uuid4().hex
         n = int(generation.get("n", 1))
-        inbox = self.router.open(request_id, n, stream)  # before the add: no delta can come first
+        inbox = self.router.open(request_id, n, stream, notify)  # before the add: no delta can come first
         self.counters["requests"] += 1
         try:
             self.core.add_request(request_id, list(prompt_ids), json.dumps(generation), token_masks or [])
@@ -285,9 +286,10 @@ class Generator:
             raise
         return request_id, inbox
 
-    def start(self, prompt_ids: list[int], req: protocol._SamplingRequest, grammar: Any = None) -> Request:
+    def start(self, prompt_ids: list[int], req: protocol._SamplingRequest, grammar: Any = None,
+              notify: bool = False) -> Request:
         """Queue a parsed request; its `Request` yields the text of each choice. `grammar` (a
-        grammar.GrammarSpec) constrains every choice."""
+        grammar.GrammarSpec) constrains every choice; `notify`: see submit."""
         masks = None
         if grammar is not None:
             backend = self.grammar_backend()
@@ -295,7 +297,7 @@ class Generator:
         generation = self.generation_config(prompt_ids, req)
         # Stop strings are matched here, on text: they need every step, to abort the core in time.
         request_id, inbox = self.submit(prompt_ids, generation, stream=req.stream or bool(req.stop),
-                                        token_masks=masks)
+                                        token_masks=masks, notify=notify)
         streams = [
             TextStream(self.tokenizer.detokenizer(prompt_ids), StopStringMatcher(req.stop) if req.stop else None)
             for _ in range(req.n)
