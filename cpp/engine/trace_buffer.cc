@@ -11,13 +11,14 @@ void TraceBuffer::Record(const std::string& event_json) {
   }
 }
 
-std::string TraceBuffer::EventsJSON() {
+std::string TraceBuffer::EventsJSON(bool clear) {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out = "[";
   for (size_t i = 0; i < events_.size(); ++i) {
     if (i > 0) out += ",\n";
     out += events_[i];
   }
+  if (clear) events_.clear();
   return out + "]";
 }
 

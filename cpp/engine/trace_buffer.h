@@ -16,8 +16,8 @@ class TraceBuffer {
 
   /*! \brief The engine's trace recorder: keep one event (a JSON object). */
   void Record(const std::string& event_json);
-  /*! \brief Every kept event as one JSON array. */
-  std::string EventsJSON();
+  /*! \brief Every kept event as one JSON array; `clear`: and forget them (atomically). */
+  std::string EventsJSON(bool clear = false);
   void Clear();
   /*! \brief Events dropped because the buffer was full. */
   int64_t dropped();

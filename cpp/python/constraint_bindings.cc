@@ -82,8 +82,9 @@ void RegisterConstraintBindings(py::module_& m) {
 
   py::class_<TraceBuffer, std::shared_ptr<TraceBuffer>>(m, "TraceBuffer")
       .def(py::init<int64_t>(), py::arg("max_events") = 1 << 20)
-      .def("events_json", &TraceBuffer::EventsJSON, py::call_guard<py::gil_scoped_release>(),
-           "Every kept trace event, as one JSON array.")
+      .def("events_json", &TraceBuffer::EventsJSON, py::arg("clear") = false,
+           py::call_guard<py::gil_scoped_release>(),
+           "Every kept trace event, as one JSON array; clear=True also forgets them.")
       .def("clear", &TraceBuffer::Clear)
       .def_property_readonly("dropped", &TraceBuffer::dropped);
 }

@@ -180,14 +180,15 @@ class Engine:
         if self.generator is not None:
             self.generator.abort(request_id)
 
-    def trace(self) -> dict[str, Any]:
+    def trace(self, clear: bool = False) -> dict[str, Any]:
         """The engine's trace so far as a Chrome trace-event JSON object ({"traceEvents": [...]}:
         json.dump it to a file Perfetto or chrome://tracing opens). Needs enable_tracing=True.
         Events: each request's span from arrival to finish (admitted/preempted instants on it),
-        every prefill chunk and decode step with its requests, waits for grammar masks."""
+        every prefill chunk and decode step with its requests, waits for grammar masks.
+        `clear`: start a new trace (events returned here are not returned again)."""
         if self._trace is None:
             raise ConfigError("trace() needs Engine(..., enable_tracing=True)")
-        events = json.loads(self._trace.events_json())
+        events = json.loads(self._trace.events_json(clear))
         names = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": f"tvmlm {self.model_name}"}},
                  {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "step loop"}}]
         return {"traceEvents": names + events, "displayTimeUnit": "ms",

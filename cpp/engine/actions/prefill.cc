@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "constraint/constrain.h"
 #include "engine/actions/actions.h"
@@ -43,10 +44,15 @@ void StartChoices(EngineState* s, Request* r, float* logits, int64_t vocab) {
     return;
   }
   r->pending_forks = 0;
+  std::vector<float> own_row;  // choices may have different constraints: each masks a copy
   for (Request* c : choices) {
-    // Choices start in the same grammar state, so masking the shared row again changes nothing.
-    if (!ConstrainLogits(s, c, logits, vocab)) continue;
-    s->CommitToken(c, SampleToken(logits, vocab, c->config, &c->rng));
+    float* row = logits;
+    if (c->constraint && choices.size() > 1) {
+      own_row.assign(logits, logits + vocab);
+      row = own_row.data();
+    }
+    if (!ConstrainLogits(s, c, row, vocab)) continue;
+    s->CommitToken(c, SampleToken(row, vocab, c->config, &c->rng));
   }
 }
 
