@@ -87,3 +87,25 @@ def test_concurrent_builders(fresh_cache, tiny_model_dir):
     compiled = [r[0].split()[1] for r in results]
     assert len(paths) == 1 and compiled.count("True") == 1  # the lock made the second one wait, then reuse
     assert list((fresh_cache / "libs").glob(".*")) == [] and list((fresh_cache / "models").glob(".*")) == []
+
+
+def test_library_key_changes_with_the_model_code(tmp_path, monkeypatch):
+    """A checkout whose kernels changed without a version bump never reuses the old library."""
+    import shutil
+
+    import tvmlm.compile as compile_mod
+
+    root = Path(compile_mod.__file__).parent
+    copy = tmp_path / "tvmlm"
+    for sub in ("models", "weights"):
+        shutil.copytree(root / sub, copy / sub)
+    monkeypatch.setattr(compile_mod, "__file__", str(copy / "compile.py"))
+    compile_mod.code_fingerprint.cache_clear()
+    try:
+        before = compile_mod.code_fingerprint()
+        kernel = copy / "models" / "llama.py"
+        kernel.write_text(kernel.read_text() + "\n# changed\n")
+        compile_mod.code_fingerprint.cache_clear()
+        assert compile_mod.code_fingerprint() != before
+    finally:
+        compile_mod.code_fingerprint.cache_clear()

@@ -14,6 +14,7 @@ Computing the keys needs neither `import tvm` nor reading tensors: the warm path
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -135,6 +136,20 @@ def weights_fingerprint(files: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the sources that shape a package (model definitions, kernels, weight conversion):
+    a tvmlm whose kernels changed without a version bump (a development checkout, a patched
+    install) never reuses a library or weights built by the old code. Reads ~40 small files."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for sub in ("models", "weights"):
+        for path in sorted((root / sub).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def lib_key(hf_config: dict[str, Any], target: dict[str, Any], options: CompileOptions) -> str:
     """Keyed on the numbers that shape the graph (`LlamaConfig`), not the config file: an HF
     directory and a GGUF of one model share a library. Raises ValueError for a config that no
@@ -149,6 +164,7 @@ def lib_key(hf_config: dict[str, Any], target: dict[str, Any], options: CompileO
             "target": target,
             "options": options.as_dict(),
             "tvmlm": __version__,
+            "code": code_fingerprint(),
             "tvm": _tvm_version(),
         }
     )
