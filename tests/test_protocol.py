@@ -31,17 +31,26 @@ def chat(**kw) -> ChatCompletionRequest:
     ({"temperature": "hot"}, ["temperature", "valid number", "'hot'"]),
     ({"top_p": 0}, ["top_p", "(0, 1]", "got 0"]),
     ({"top_p": 1.5}, ["top_p", "(0, 1]"]),
-    ({"top_k": -1}, ["top_k", ">= 0", "-1"]),
+    ({"top_k": -2}, ["top_k", ">= 0", "-2"]),
     ({"max_tokens": -1}, ["max_tokens", ">= 1"]),
+    ({"max_tokens": 0}, ["max_tokens", ">= 1", "got 0"]),
     ({"max_tokens": 1.5}, ["max_tokens", "valid integer"]),
-    ({"max_completion_tokens": -3}, ["max_completion_tokens", ">= 1"]),
+    ({"max_completion_tokens": 0}, ["max_completion_tokens", ">= 1"]),
     ({"max_tokens": 5, "max_completion_tokens": 6}, ["max_tokens", "max_completion_tokens"]),
     ({"n": 129}, ["n", "[1, 128]", "129"]),
     ({"n": 0}, ["n", "[1, 128]"]),
-    ({"frequency_penalty": 0.5}, ["frequency_penalty", "only 0"]),
-    ({"presence_penalty": -1.0}, ["presence_penalty", "only 0"]),
-    ({"logprobs": True}, ["logprobs", "only false"]),
-    ({"top_logprobs": 3}, ["top_logprobs", "only false"]),
+    ({"frequency_penalty": 2.5}, ["frequency_penalty", "[-2, 2]", "2.5"]),
+    ({"presence_penalty": -3}, ["presence_penalty", "[-2, 2]"]),
+    ({"repetition_penalty": 0}, ["repetition_penalty", "(0, 10]"]),
+    ({"min_p": 1.5}, ["min_p", "[0, 1]"]),
+    ({"logit_bias": {"5": 101}}, ["logit_bias", "[-100, 100]", "101"]),
+    ({"logit_bias": {"x": 1}}, ["logit_bias", "token ids", "'x'"]),
+    ({"logit_bias": [1, 2]}, ["logit_bias", "map"]),
+    ({"stop_token_ids": [1, -1]}, ["stop_token_ids", "token ids"]),
+    ({"logprobs": 1}, ["logprobs", "valid boolean"]),
+    ({"top_logprobs": 3}, ["top_logprobs is only allowed", "logprobs=True"]),
+    ({"logprobs": True, "top_logprobs": 21}, ["top_logprobs", "[0, 20]"]),
+    ({"skip_special_tokens": "no"}, ["skip_special_tokens", "valid boolean"]),
     ({"stop": ["x"] * 17}, ["stop", "at most 16"]),
     ({"stop": ["ok", ""]}, ["stop", "non-empty"]),
     ({"stop": 3}, ["stop", "non-empty string"]),
@@ -110,14 +119,18 @@ def test_valid_chat_request_is_normalized():
         "model": "smollm2", "max_completion_tokens": 7, "stop": "###", "temperature": 0,
         "top_p": 0.9, "top_k": 40, "seed": 1, "stream": True,
         "stream_options": {"include_usage": True}, "frequency_penalty": 0, "ignore_eos": True,
-        "logprobs": False, "n": 1, "user": "u1",
+        "logprobs": False, "n": 1, "user": "u1", "min_p": 0.05, "presence_penalty": 0.5,
+        "repetition_penalty": 1.1, "logit_bias": {"7": -100, 9: 2.5}, "stop_token_ids": [5, 2],
     })
     assert r.max_tokens == 7 and r.stop == ["###"] and r.include_usage
     assert [m.text for m in r.messages] == ["Be brief.", "a\nb"]
     assert r.messages[1].role == "user"
     assert r.generation_config(100, [2, 3]) == {
         "max_tokens": 7, "temperature": 0.0, "top_p": 0.9, "top_k": 40, "seed": 1,
-        "stop_token_ids": [2, 3], "ignore_eos": True, "n": 1,
+        "stop_token_ids": [2, 3, 5], "ignore_eos": True, "n": 1, "min_p": 0.05,
+        "presence_penalty": 0.5, "frequency_penalty": 0.0, "repetition_penalty": 1.1,
+        "logit_bias": [[7, -100.0], [9, 2.5]], "logprobs": False, "top_logprobs": 0,
+        "prompt_logprobs": False,
     }
 
 
@@ -126,12 +139,19 @@ def test_generation_config_defaults():
     assert r.stop == [] and r.max_tokens is None and not r.include_usage and not r.stream
     assert r.generation_config(50, [2]) == {
         "max_tokens": 50, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None,
-        "stop_token_ids": [2], "ignore_eos": False, "n": 1,
+        "stop_token_ids": [2], "ignore_eos": False, "n": 1, "min_p": 0.0,
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+        "logit_bias": [], "logprobs": False, "top_logprobs": 0, "prompt_logprobs": False,
     }
+    assert r.skip_special_tokens
     # The model's defaults fill only what the request left unset.
     got = chat(temperature=0.2).generation_config(50, [2], {"temperature": 0.6, "top_p": 0.95})
     assert (got["temperature"], got["top_p"], got["top_k"]) == (0.2, 0.95, 0)
     assert chat(max_tokens=1).generation_config(50, [])["max_tokens"] == 1
+    assert chat(top_k=-1).generation_config(50, [])["top_k"] == 0  # vLLM's "off"
+    lp = chat(logprobs=True, top_logprobs=3).generation_config(50, [])
+    assert (lp["logprobs"], lp["top_logprobs"], lp["prompt_logprobs"]) == (True, 3, False)
+    assert chat(logprobs=True).generation_config(50, [])["top_logprobs"] == 0
 
 
 def test_stream_without_usage():
@@ -144,11 +164,14 @@ def test_stream_without_usage():
     ({"prompt": []}, ["prompt", "non-empty"]),
     ({"prompt": [1, -2]}, ["prompt", "ints >= 0"]),
     ({"prompt": [1, True]}, ["prompt", "token ids"]),
-    ({"prompt": ["a", "b"]}, ["prompt", "token ids"]),
-    ({"prompt": [[1, 2]]}, ["prompt", "token ids"]),
+    ({"prompt": ["a", ""]}, ["prompt", "a batch"]),
+    ({"prompt": [[1, 2], []]}, ["prompt", "a batch"]),
+    ({"prompt": ["a", [1]]}, ["prompt", "a batch"]),
     ({}, ["prompt", "is required"]),
-    ({"prompt": "x", "echo": True}, ["echo", "only false"]),
-    ({"prompt": "x", "logprobs": 2}, ["logprobs", "only false"]),
+    ({"prompt": "x", "echo": 1}, ["echo", "valid boolean"]),
+    ({"prompt": "x", "logprobs": 6}, ["logprobs", "[0, 5]", "6"]),
+    ({"prompt": "x", "logprobs": True}, ["logprobs", "valid integer"]),
+    ({"prompt": "x", "max_tokens": 0}, ["max_tokens", ">= 1"]),
     ({"prompt": "x", "best_of": 2}, ["best_of", "not a supported field"]),
     ({"prompt": "x", "n": 0}, ["n", "[1, 128]"]),
     ({"prompt": "x", "temperature": 3}, ["temperature", "[0, 2]"]),
@@ -166,6 +189,14 @@ def test_valid_completion_requests():
     r = CompletionRequest.parse({"prompt": [1, 2, 3], "max_tokens": 4, "stop": ["\n"],
                                  "echo": False})
     assert r.prompt == [1, 2, 3] and r.generation_config(9, [0])["max_tokens"] == 4
+    assert r.prompts == [[1, 2, 3]]
+    assert CompletionRequest.parse({"prompt": ["a", "b"]}).prompts == ["a", "b"]
+    assert CompletionRequest.parse({"prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
+    # logprobs=0: the chosen tokens' logprobs, no alternatives (OpenAI); echo adds the prompt's.
+    g = CompletionRequest.parse({"prompt": "x", "logprobs": 0, "echo": True}).generation_config(9, [])
+    assert (g["logprobs"], g["top_logprobs"], g["prompt_logprobs"]) == (True, 0, True)
+    g = CompletionRequest.parse({"prompt": "x", "echo": True}).generation_config(9, [])
+    assert (g["logprobs"], g["prompt_logprobs"]) == (False, False)
 
 
 # ---------------------------------------------------------------------------------------------

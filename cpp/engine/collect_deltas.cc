@@ -28,6 +28,10 @@ void EngineState::CollectDeltas(std::vector<RequestDelta>* out) {
       RequestDelta d = delta(*r, r->index);
       d.token_ids = std::move(r->unsent_tokens);
       r->unsent_tokens.clear();
+      d.logprobs = std::move(r->unsent_logprobs);
+      r->unsent_logprobs.clear();
+      d.prompt_logprobs = std::move(r->unsent_prompt_logprobs);
+      r->unsent_prompt_logprobs.clear();
       d.completion_tokens = static_cast<int64_t>(r->generated.size());
       d.cached_prompt_tokens = r->cached_prompt_tokens;
       if (r->finished()) {

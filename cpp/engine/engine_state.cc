@@ -36,6 +36,18 @@ std::string EngineState::Validate(const Request& request) const {
              " is outside the vocabulary [0, " + std::to_string(vocab) + ")";
     }
   }
+  for (int32_t id : request.config.stop_token_ids) {
+    if (id >= vocab) {
+      return "stop_token_ids holds " + std::to_string(id) + ", outside the vocabulary [0, " +
+             std::to_string(vocab) + ")";
+    }
+  }
+  for (const auto& [id, bias] : request.config.logit_bias) {
+    if (id >= vocab) {
+      return "logit_bias names token " + std::to_string(id) + ", outside the vocabulary [0, " +
+             std::to_string(vocab) + ")";
+    }
+  }
   const int64_t context = model_->metadata().context_window_size;
   const auto prompt = static_cast<int64_t>(request.prompt.size());
   if (prompt >= max_sequence_length) {

@@ -63,6 +63,8 @@ class EngineState {
   PrefixCache prefix_cache;
   EngineMetrics metrics;
   TraceFn trace;
+  /*! \brief Scratch buffers of the sampling pipeline (the step loop is one thread). */
+  Sampler sampler;
 
   /*! \brief Why `request` can never be served ("" when it can). */
   std::string Validate(const Request& request) const;
@@ -82,8 +84,13 @@ class EngineState {
   void Admit(Request* request, const PrefixMatch& match);
   /*! \brief Fork choice `index` of `parent` (just prefilled) into a new running request. */
   Request* ForkChoice(Request* parent, int64_t index);
-  /*! \brief Record a sampled token and apply the stop rules. */
-  void CommitToken(Request* request, int32_t token);
+  /*!
+   * \brief Draw `request`'s next token from its row of logits (its config, random stream and
+   * token counts) and commit it.
+   */
+  void SampleAndCommit(Request* request, const float* logits, int64_t vocab);
+  /*! \brief Record a sampled token (and its logprob, when asked for) and apply the stop rules. */
+  void CommitToken(Request* request, int32_t token, TokenLogprob* logprob = nullptr);
   /*! \brief Mark finished and free (or cache) its KV sequence. Idempotent. */
   void Finish(Request* request, FinishReason reason, const std::string& error = "");
   /*! \brief Free the KV of the newest running request and requeue it first in line. */

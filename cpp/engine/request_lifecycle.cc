@@ -53,6 +53,9 @@ Request* EngineState::ForkChoice(Request* parent, int64_t index) {
   if (config.seed.has_value()) config.seed = *config.seed + static_cast<uint64_t>(index);
   auto child = std::make_unique<Request>(parent->id, parent->prompt, config);
   child->index = index;
+  child->counts = parent->counts;
+  child->unsent_prompt_logprobs = parent->unsent_prompt_logprobs;
+  child->prompt_logprobs_done = parent->prompt_logprobs_done;
   child->pending_forks = 0;
   child->generated = parent->generated;
   child->arrival = parent->arrival;
@@ -71,7 +74,17 @@ Request* EngineState::ForkChoice(Request* parent, int64_t index) {
   return running.back().get();
 }
 
-void EngineState::CommitToken(Request* request, int32_t token) {
+void EngineState::SampleAndCommit(Request* r, const float* logits, int64_t vocab) {
+  SampleInput in;
+  in.config = &r->config;
+  in.rng = &r->rng;
+  in.counts = &r->counts;
+  TokenLogprob logprob;
+  int32_t token = sampler.Sample(logits, vocab, in, r->config.logprobs ? &logprob : nullptr);
+  CommitToken(r, token, r->config.logprobs ? &logprob : nullptr);
+}
+
+void EngineState::CommitToken(Request* request, int32_t token, TokenLogprob* logprob) {
   Clock::time_point now = Clock::now();
   if (request->generated.empty()) {
     request->first_token_time = now;
@@ -80,12 +93,14 @@ void EngineState::CommitToken(Request* request, int32_t token) {
   request->generated.push_back(token);
   metrics.generated_tokens += 1;
   const GenerationConfig& cfg = request->config;
+  if (cfg.has_penalties()) request->counts.AddGenerated(token);
   bool is_eos = !cfg.ignore_eos && Contains(model_->metadata().eos_token_ids, token);
   if (is_eos || Contains(cfg.stop_token_ids, token)) {
     Finish(request, FinishReason::kStop);  // the stop token itself is not streamed
     return;
   }
   request->unsent_tokens.push_back(token);
+  if (logprob != nullptr) request->unsent_logprobs.push_back(std::move(*logprob));
   if (static_cast<int64_t>(request->generated.size()) >= cfg.max_tokens ||
       request->total_len() >= max_sequence_length) {
     Finish(request, FinishReason::kLength);

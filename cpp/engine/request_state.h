@@ -25,7 +25,9 @@ using Clock = std::chrono::steady_clock;
 struct Request {
   Request(std::string id, std::vector<int32_t> prompt, GenerationConfig config)
       : id(std::move(id)), prompt(std::move(prompt)), config(std::move(config)),
-        pending_forks(this->config.n - 1), rng(this->config.seed), arrival(Clock::now()) {}
+        pending_forks(this->config.n - 1), rng(this->config.seed), arrival(Clock::now()) {
+    if (this->config.has_penalties()) counts = TokenCounts(this->prompt);
+  }
 
   std::string id;
   /*! \brief Choice index in [0, n). */
@@ -54,6 +56,12 @@ struct Request {
 
   /*! \brief Tokens sampled since the last delta (stop tokens excluded). */
   std::vector<int32_t> unsent_tokens;
+  /*! \brief With config.logprobs: one per unsent token. */
+  std::vector<TokenLogprob> unsent_logprobs;
+  /*! \brief With config.prompt_logprobs: prompt tokens' logprobs not yet in a delta. */
+  std::vector<TokenLogprob> unsent_prompt_logprobs;
+  /*! \brief Every prompt token's logprob has been computed (they are computed once). */
+  bool prompt_logprobs_done = false;
   FinishReason finish_reason = FinishReason::kNotFinished;
   std::string error;
   SamplerRng rng;
@@ -63,6 +71,8 @@ struct Request {
   std::vector<std::shared_ptr<TokenConstraint>> choice_constraints;
   /*! \brief Scratch for the constraint's bitmask, reused across steps. */
   std::vector<uint32_t> constraint_bitmask;
+  /*! \brief Prompt and output tokens, kept only when the request has penalties. */
+  TokenCounts counts;
 
   Clock::time_point arrival;
   Clock::time_point first_token_time;
@@ -75,6 +85,8 @@ struct Request {
   }
   bool finished() const { return status == RequestStatus::kFinished; }
   bool prefilling() const { return status == RequestStatus::kRunning && num_computed < prefill_target; }
+  /*! \brief The next prefill must return logits for every token (echo's prompt logprobs). */
+  bool needs_prompt_logits() const { return config.prompt_logprobs && !prompt_logprobs_done; }
   /*! \brief Sequence slots this request takes once its choices are forked. */
   int64_t slots() const { return 1 + pending_forks; }
 };

@@ -307,16 +307,25 @@ Logits Model::Forward(const ffi::Function& fn, const std::vector<int64_t>& seq_i
 }
 
 Logits Model::BatchPrefill(const std::vector<int64_t>& seq_ids,
-                           const std::vector<std::vector<int32_t>>& token_ids) {
+                           const std::vector<std::vector<int32_t>>& token_ids,
+                           const std::vector<int64_t>& logit_rows) {
   CheckBatch(seq_ids, token_ids.size());
+  if (!logit_rows.empty() && logit_rows.size() != token_ids.size()) {
+    throw std::invalid_argument("prefill: logit_rows must have one entry per sequence");
+  }
   std::vector<int32_t> flat;
   std::vector<int64_t> lengths;
-  std::vector<int32_t> last_positions;  // index of each sequence's last token in `flat`
-  for (const auto& tokens : token_ids) {
+  std::vector<int32_t> positions;  // indices into `flat` whose logits are returned
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    const auto& tokens = token_ids[i];
     if (tokens.empty()) throw std::invalid_argument("prefill: a sequence has no tokens");
     flat.insert(flat.end(), tokens.begin(), tokens.end());
     lengths.push_back(static_cast<int64_t>(tokens.size()));
-    last_positions.push_back(static_cast<int32_t>(flat.size() - 1));
+    const int64_t rows = logit_rows.empty() ? 1 : logit_rows[i];
+    if (rows < 1 || rows > static_cast<int64_t>(tokens.size())) {
+      throw std::invalid_argument("prefill: logit_rows must be in [1, the sequence's tokens]");
+    }
+    for (int64_t r = rows; r >= 1; --r) positions.push_back(static_cast<int32_t>(flat.size() - r));
   }
   const auto n = static_cast<int64_t>(flat.size());
   if (n > kv_prefill_chunk_) {
@@ -325,7 +334,7 @@ Logits Model::BatchPrefill(const std::vector<int64_t>& seq_ids,
                                 std::to_string(kv_prefill_chunk_));
   }
   ffi::Tensor embeds = Reshape(Embed(flat), {1, n, metadata_.hidden_size});
-  return Forward(batch_prefill_, seq_ids, lengths, {embeds, Int32ToDevice(last_positions, 1)});
+  return Forward(batch_prefill_, seq_ids, lengths, {embeds, Int32ToDevice(positions, 1)});
 }
 
 Logits Model::BatchDecode(const std::vector<int64_t>& seq_ids,

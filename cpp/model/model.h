@@ -62,10 +62,13 @@ class Model {
   tvm::ffi::Tensor Embed(const std::vector<int32_t>& token_ids);
   /*!
    * \brief Append `token_ids[i]` to sequence `seq_ids[i]` and return each sequence's last-token
-   * logits. The total token count must not exceed prefill_chunk_size().
+   * logits. The total token count must not exceed prefill_chunk_size(). With `logit_rows`,
+   * sequence i gets the logits of its last logit_rows[i] tokens (in order; rows of sequence i
+   * follow those of i - 1); their total must not exceed the compiled max_batch_size.
    */
   Logits BatchPrefill(const std::vector<int64_t>& seq_ids,
-                      const std::vector<std::vector<int32_t>>& token_ids);
+                      const std::vector<std::vector<int32_t>>& token_ids,
+                      const std::vector<int64_t>& logit_rows = {});
   /*! \brief Append one token per sequence; returns logits [b, vocab]. */
   Logits BatchDecode(const std::vector<int64_t>& seq_ids, const std::vector<int32_t>& token_ids);
 

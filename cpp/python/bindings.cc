@@ -12,6 +12,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -183,8 +184,10 @@ PyStructSequence_Field kDeltaFields[] = {
     {"cached_prompt_tokens", "prompt tokens whose KV came from the prefix cache"},
     {"time_to_first_token", "final delta only: s from add_request to the first token (0 if none)"},
     {"inter_token_latency", "final delta only: mean s between later tokens (0 if under two)"},
+    {"logprobs", "None, or one (token, logprob, top_tokens, top_logprobs) tuple per token_ids entry"},
+    {"prompt_logprobs", "None, or (token, logprob, top_tokens, top_logprobs) per prompt token after the first"},
     {nullptr, nullptr}};
-constexpr int kDeltaFieldCount = 9;
+constexpr int kDeltaFieldCount = 11;
 PyStructSequence_Desc kDeltaDesc = {"tvmlm._core.Delta", "One request's new output (DeltaInbox.take).",
                                     kDeltaFields, kDeltaFieldCount};
 PyTypeObject* delta_type = nullptr;  // made at module import
@@ -204,6 +207,17 @@ py::object FinishReasonOrNone(const RequestDelta& d) {
   return reasons[static_cast<int>(d.finish_reason)];
 }
 
+// (token, logprob, top_tokens, top_logprobs) tuples; None for an empty list (no logprobs asked).
+py::object LogprobsOrNone(const std::vector<TokenLogprob>& entries) {
+  if (entries.empty()) return py::none();
+  py::list out(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const TokenLogprob& e = entries[i];
+    out[i] = py::make_tuple(e.token, e.logprob, py::cast(e.top_tokens), py::cast(e.top_logprobs));
+  }
+  return std::move(out);
+}
+
 py::object ToPythonDelta(const RequestDelta& d) {
   py::object out = py::reinterpret_steal<py::object>(PyStructSequence_New(delta_type));
   if (!out) throw py::error_already_set();
@@ -211,7 +225,8 @@ py::object ToPythonDelta(const RequestDelta& d) {
                          FinishReasonOrNone(d), py::str(d.error),
                          py::int_(d.prompt_tokens), py::int_(d.completion_tokens),
                          py::int_(d.cached_prompt_tokens), py::float_(d.time_to_first_token),
-                         py::float_(d.inter_token_latency)};
+                         py::float_(d.inter_token_latency), LogprobsOrNone(d.logprobs),
+                         LogprobsOrNone(d.prompt_logprobs)};
   for (Py_ssize_t i = 0; i < kDeltaFieldCount; ++i) PyStructSequence_SetItem(out.ptr(), i, values[i].release().ptr());
   return out;
 }
@@ -269,20 +284,64 @@ PYBIND11_MODULE(_core, m) {
   m.def("device_exists", &DeviceExists, py::arg("kind"), py::arg("index"), release());
   m.def("device_memory", &DeviceTotalMemory, py::arg("kind"), py::arg("index"), release());
 
-  // Test hook, not part of the contract: draw `num_samples` tokens from one logits row with one
-  // random stream seeded from the config, exactly as the engine samples a request.
+  // Test hooks, not part of the contract: draw `num_samples` tokens from one logits row with one
+  // random stream seeded from the config, exactly as the engine samples a request whose prompt is
+  // `prompt_ids` and whose output so far is `generated_ids` (for the penalties), with an optional
+  // allowed-token bitmask. _sample_logprobs returns (token, logprob, top_tokens, top_logprobs).
+  auto draw = [](std::vector<float> logits, const std::string& config_json, int num_samples,
+                 const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& generated_ids,
+                 const std::optional<std::vector<uint32_t>>& allowed, bool with_logprobs) {
+    GenerationConfig config = GenerationConfig::FromJSON(config_json);
+    SamplerRng rng(config.seed);
+    TokenCounts counts(prompt_ids);
+    for (int32_t t : generated_ids) counts.AddGenerated(t);
+    SampleInput in;
+    in.config = &config;
+    in.rng = &rng;
+    in.counts = &counts;
+    in.allowed = allowed ? allowed->data() : nullptr;
+    Sampler sampler;
+    std::vector<TokenLogprob> out(static_cast<size_t>(num_samples));
+    for (TokenLogprob& lp : out) {
+      lp.token = sampler.Sample(logits.data(), static_cast<int64_t>(logits.size()), in,
+                                with_logprobs ? &lp : nullptr);
+    }
+    return out;
+  };
   m.def(
       "_sample_tokens",
-      [](std::vector<float> logits, const std::string& generation_config_json, int num_samples) {
-        GenerationConfig config = GenerationConfig::FromJSON(generation_config_json);
-        SamplerRng rng(config.seed);
-        std::vector<int32_t> out;
-        for (int i = 0; i < num_samples; ++i) {
-          out.push_back(SampleToken(logits.data(), static_cast<int64_t>(logits.size()), config, &rng));
+      [draw](std::vector<float> logits, const std::string& config_json, int num_samples,
+             std::vector<int32_t> prompt_ids, std::vector<int32_t> generated_ids,
+             std::optional<std::vector<uint32_t>> allowed) {
+        std::vector<int32_t> tokens;
+        for (const TokenLogprob& lp : draw(std::move(logits), config_json, num_samples, prompt_ids,
+                                           generated_ids, allowed, false)) {
+          tokens.push_back(lp.token);
         }
-        return out;
+        return tokens;
       },
-      py::arg("logits"), py::arg("generation_config_json"), py::arg("num_samples"));
+      py::arg("logits"), py::arg("generation_config_json"), py::arg("num_samples"),
+      py::arg("prompt_ids") = std::vector<int32_t>{}, py::arg("generated_ids") = std::vector<int32_t>{},
+      py::arg("allowed") = py::none());
+  m.def(
+      "_sample_logprobs",
+      [draw](std::vector<float> logits, const std::string& config_json, int num_samples,
+             std::vector<int32_t> prompt_ids, std::vector<int32_t> generated_ids,
+             std::optional<std::vector<uint32_t>> allowed) {
+        return LogprobsOrNone(draw(std::move(logits), config_json, num_samples, prompt_ids,
+                                   generated_ids, allowed, true));
+      },
+      py::arg("logits"), py::arg("generation_config_json"), py::arg("num_samples"),
+      py::arg("prompt_ids") = std::vector<int32_t>{}, py::arg("generated_ids") = std::vector<int32_t>{},
+      py::arg("allowed") = py::none());
+  m.def(
+      "_plain_logprob",
+      [](std::vector<float> logits, int32_t token, int64_t top) {
+        Sampler sampler;
+        return LogprobsOrNone({sampler.PlainLogprob(logits.data(), static_cast<int64_t>(logits.size()),
+                                                    token, top)});
+      },
+      py::arg("logits"), py::arg("token"), py::arg("top"));
 
   py::class_<RequestDelta>(m, "RequestDelta")
       .def_readonly("request_id", &RequestDelta::request_id)

@@ -1,6 +1,7 @@
 #include "python/delta_router.h"
 
 #include <algorithm>
+#include <iterator>
 #include <stdexcept>
 #include <utility>
 
@@ -48,6 +49,11 @@ bool DeltaInbox::closed() {
 // Appends `step` (a later delta of the same choice) to `merged`.
 static void MergeDelta(RequestDelta* merged, RequestDelta&& step) {
   merged->token_ids.insert(merged->token_ids.end(), step.token_ids.begin(), step.token_ids.end());
+  for (auto field : {&RequestDelta::logprobs, &RequestDelta::prompt_logprobs}) {
+    auto& into = merged->*field;
+    into.insert(into.end(), std::make_move_iterator((step.*field).begin()),
+                std::make_move_iterator((step.*field).end()));
+  }
   merged->finish_reason = step.finish_reason;
   merged->error = std::move(step.error);
   merged->prompt_tokens = step.prompt_tokens;

@@ -4,7 +4,9 @@ Each `create()` validates the request (protocol.py) and turns it into prompt tok
 optional grammar (`prepare_chat` / `prepare_completion`), starts it on the engine's
 `generation.Generator`, and shapes its outputs with a shaper (`ChatShaper` / `CompletionShaper`:
 one output in, the chunks it makes out; or all outputs in, the whole response out). Preparation
-and shaping never wait, so `AsyncEngine` (async_engine.py) uses them as they are.
+and shaping never wait, so `AsyncEngine` (async_engine.py) uses them as they are. The response's
+`id` is the id of the request in the engine: `engine.abort(response.id)` (or a chunk's id) stops it
+(every prompt of a completion batch).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 from . import protocol
 from .generation import Generator, Output, Request, Timing
+from .logprobs import TokenTexts, chat_logprobs, completion_logprobs, join_completion_logprobs
 from .protocol_structured import ChoiceDeltaToolCall
 from .tool_calls import ToolCallStream, ToolFormat, attach_tool_calls
 
@@ -28,15 +31,21 @@ def _given(**fields: Any) -> dict[str, Any]:
 
 
 class _Usage:
-    """Token counts over a request's choices, from their latest outputs."""
+    """Token counts over a request's choices (choice i belongs to prompt i // n), from their latest
+    outputs."""
 
-    def __init__(self) -> None:
-        self.prompt_tokens = 0
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+        self.prompts: dict[int, int] = {}
         self.completion: dict[int, int] = {}
 
     def add(self, out: Output) -> None:
-        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.prompts[out.index // self.n] = out.prompt_tokens or self.prompts.get(out.index // self.n, 0)
         self.completion[out.index] = out.completion_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.prompts.values())
 
     @property
     def completion_tokens(self) -> int:
@@ -48,26 +57,34 @@ class _Shaper:
 
     new_id: Callable[[], str]
 
-    def __init__(self, model: str, n: int, include_usage: bool) -> None:
+    def __init__(self, model: str, n: int, include_usage: bool, texts: TokenTexts | None = None,
+                 choices: int | None = None) -> None:
         self.id, self.created = type(self).new_id(), int(time.time())
         self.model, self.n, self.include_usage = model, n, include_usage
-        self._usage = _Usage()
+        self.texts = texts  # token texts when logprobs were asked for
+        self.choices = choices or n  # n per prompt, over every prompt of a batch
+        self._usage = _Usage(n)
 
     def usage(self, timing: Timing) -> protocol.CompletionUsage:
         """Token counts so far (all of them once the request finished), with the latencies."""
         return protocol.CompletionUsage.of(self._usage.prompt_tokens, self._usage.completion_tokens,
                                            timing.usage_extra())
 
-    def _collect(self, outputs: list[Output]) -> tuple[list[str], list[str]]:
-        """(texts, finish reasons) by choice index."""
-        parts: list[list[str]] = [[] for _ in range(self.n)]
-        finishes: list[str | None] = [None] * self.n
+    def _collect(self, outputs: list[Output]) -> tuple[list[str], list[str], list[list], list[list]]:
+        """(texts, finish reasons, logprob entries, prompt logprob entries) by choice index."""
+        k = self.choices
+        parts: list[list[str]] = [[] for _ in range(k)]
+        finishes: list[str | None] = [None] * k
+        logprobs: list[list] = [[] for _ in range(k)]
+        prompt_logprobs: list[list] = [[] for _ in range(k)]
         for out in outputs:
             parts[out.index].append(out.text)
             finishes[out.index] = out.finish_reason or finishes[out.index]
+            logprobs[out.index] += out.logprobs or []
+            prompt_logprobs[out.index] += out.prompt_logprobs or []
             self._usage.add(out)
         assert all(f is not None for f in finishes)
-        return ["".join(p) for p in parts], finishes
+        return ["".join(p) for p in parts], finishes, logprobs, prompt_logprobs
 
 
 class ChatShaper(_Shaper):
@@ -76,8 +93,9 @@ class ChatShaper(_Shaper):
 
     new_id = staticmethod(protocol.new_chat_completion_id)
 
-    def __init__(self, model: str, n: int, include_usage: bool, tool_format: ToolFormat | None = None) -> None:
-        super().__init__(model, n, include_usage)
+    def __init__(self, model: str, n: int, include_usage: bool, tool_format: ToolFormat | None = None,
+                 texts: TokenTexts | None = None) -> None:
+        super().__init__(model, n, include_usage, texts)
         self.tool_format = tool_format
         self._started: set[int] = set()  # choices whose first chunk (with the role) went out
         self._tool_streams: dict[int, ToolCallStream] = {}
@@ -93,9 +111,10 @@ class ChatShaper(_Shaper):
                 text += held.finish()
                 calls = held.calls
                 finish = "tool_calls" if calls and finish == "stop" else finish
-        if text or i not in self._started:
+        if text or out.logprobs or i not in self._started:
+            lp = chat_logprobs(out.logprobs or [], self.texts) if self.texts else None
             made.append(protocol.build_chat_chunk(self.id, self.model, self.created, content=text,
-                                                  role=i not in self._started, index=i))
+                                                  role=i not in self._started, index=i, logprobs=lp))
             self._started.add(i)
         if calls:
             chunk = protocol.build_chat_chunk(self.id, self.model, self.created, content=None, index=i)
@@ -114,25 +133,49 @@ class ChatShaper(_Shaper):
                                                 u.completion_tokens, timing.usage_extra())]
 
     def whole(self, outputs: list[Output], timing: Timing) -> protocol.ChatCompletion:
-        texts, finishes = self._collect(outputs)
+        texts, finishes, entries, _ = self._collect(outputs)
         u = self._usage
+        logprobs = [chat_logprobs(e, self.texts) for e in entries] if self.texts else None
         response = protocol.build_chat_completion(self.model, texts, finishes, u.prompt_tokens, u.completion_tokens,
                                                   id=self.id, created=self.created,
-                                                  usage_extra=timing.usage_extra())
+                                                  usage_extra=timing.usage_extra(), logprobs=logprobs)
         if self.tool_format is not None:
             attach_tool_calls(response, self.tool_format)
         return response
 
 
 class CompletionShaper(_Shaper):
-    """Outputs -> Completion chunks (`chunks`, then `end`), or a whole Completion."""
+    """Outputs -> Completion chunks (`chunks`, then `end`), or a whole Completion. Choice i of a
+    batch answers prompt i // n; with echo, its text (and logprobs) start with that prompt's."""
 
     new_id = staticmethod(protocol.new_completion_id)
 
+    def __init__(self, model: str, n: int, include_usage: bool, texts: TokenTexts | None = None,
+                 prompts: list[tuple[list[int], str]] | None = None) -> None:
+        super().__init__(model, n, include_usage, texts, n * len(prompts or [None]))
+        self.prompts = prompts or [([], "")]  # (ids, echoed text) of each prompt
+        self._offsets: dict[int, int] = {}  # choice -> text offset of its next token
+
+    def _piece(self, out: Output) -> tuple[str, protocol.CompletionLogprobs | None]:
+        """The text and logprobs of one output, the echoed prompt first in a choice's first one."""
+        text, head = out.text, None
+        ids, echo = self.prompts[out.index // self.n]
+        if out.index not in self._offsets:
+            text = echo + text
+            self._offsets[out.index] = len(echo)
+            if self.texts is not None and echo:
+                head = completion_logprobs(out.prompt_logprobs or [], self.texts, first_token=ids[0])
+        if self.texts is None:
+            return text, None
+        tail = completion_logprobs(out.logprobs or [], self.texts, text_offset=self._offsets[out.index])
+        self._offsets[out.index] += sum(len(t) for t in tail.tokens)
+        return text, join_completion_logprobs(head, tail)
+
     def chunks(self, out: Output) -> list[protocol.Completion]:
         self._usage.add(out)
-        return [protocol.build_completion_chunk(self.id, self.model, self.created, out.text, out.finish_reason,
-                                                index=out.index)]
+        text, lp = self._piece(out)
+        return [protocol.build_completion_chunk(self.id, self.model, self.created, text, out.finish_reason,
+                                                index=out.index, logprobs=lp)]
 
     def end(self, timing: Timing) -> list[protocol.Completion]:
         if not self.include_usage:
@@ -142,10 +185,21 @@ class CompletionShaper(_Shaper):
                                                       u.completion_tokens, timing.usage_extra())]
 
     def whole(self, outputs: list[Output], timing: Timing) -> protocol.Completion:
-        texts, finishes = self._collect(outputs)
+        pieces: dict[int, list[tuple[str, Any]]] = {}
+        for out in outputs:
+            pieces.setdefault(out.index, []).append(self._piece(out))
+        _, finishes, _, _ = self._collect(outputs)
+        texts = ["".join(t for t, _ in pieces.get(i, [])) for i in range(self.choices)]
+        logprobs = None
+        if self.texts is not None:
+            logprobs = [protocol.CompletionLogprobs() for _ in range(self.choices)]
+            for i, parts in pieces.items():
+                for _, lp in parts:
+                    logprobs[i] = join_completion_logprobs(logprobs[i], lp)
         u = self._usage
         return protocol.build_completion(self.model, texts, finishes, u.prompt_tokens, u.completion_tokens,
-                                         id=self.id, created=self.created, usage_extra=timing.usage_extra())
+                                         id=self.id, created=self.created, usage_extra=timing.usage_extra(),
+                                         logprobs=logprobs)
 
 
 @dataclass
@@ -156,6 +210,8 @@ class Prepared:
     prompt_ids: list[int]
     shaper: ChatShaper | CompletionShaper
     grammar: Any = None
+    #: Every prompt's token ids (a completion batch; else just prompt_ids).
+    batch: list[list[int]] | None = None
 
 
 def prepare_chat(generator: Generator, model_name: str, messages: Any, stream: Any,
@@ -176,7 +232,8 @@ def prepare_chat(generator: Generator, model_name: str, messages: Any, stream: A
         from .grammar import chat_grammar
 
         grammar = chat_grammar(req, tool_format)
-    shaper = ChatShaper(req.model or model_name, req.n, req.include_usage, tool_format)
+    shaper = ChatShaper(req.model or model_name, req.n, req.include_usage, tool_format,
+                        _token_texts(generator) if req.logprobs else None)
     return Prepared(req, prompt_ids, shaper, grammar)
 
 
@@ -185,28 +242,65 @@ def prepare_completion(generator: Generator, model_name: str, prompt: Any, strea
     """Validate a text completion request and tokenize its prompt (token ids pass through)."""
     generator.check_open()
     req = protocol.CompletionRequest.parse(_given(prompt=prompt, stream=stream, **kwargs))
-    if isinstance(req.prompt, str):
-        prompt_ids = generator.encode(req.prompt, add_special_tokens=True)
-    else:
-        prompt_ids = list(req.prompt)
-    return Prepared(req, prompt_ids, CompletionShaper(req.model or model_name, req.n, req.include_usage))
+    prompts = []
+    for p in req.prompts:
+        ids = generator.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p)
+        generator.check_prompt(ids, generator.generation_config(ids, req))  # all before any is queued
+        echo = (p if isinstance(p, str) else generator.tokenizer.decode(ids)) if req.echo else ""
+        prompts.append((ids, echo))
+    texts = _token_texts(generator) if req.logprobs is not None else None
+    shaper = CompletionShaper(req.model or model_name, req.n, req.include_usage, texts, prompts)
+    return Prepared(req, prompts[0][0], shaper, batch=[ids for ids, _ in prompts])
+
+
+def _token_texts(generator: Generator) -> TokenTexts:
+    texts = getattr(generator, "token_texts", None)
+    if texts is None:
+        texts = generator.token_texts = TokenTexts(generator.tokenizer)
+    return texts
 
 
 def _respond(generator: Generator, prepared: Prepared):
-    request = generator.start(prepared.prompt_ids, prepared.req, grammar=prepared.grammar)
-    if prepared.req.stream:
-        return _stream(request, prepared.shaper)
-    return prepared.shaper.whole(list(request.outputs()), request.timing)
-
-
-def _stream(request: Request, shaper: ChatShaper | CompletionShaper) -> Iterator[Any]:
-    outputs = request.outputs()
+    shaper, batch = prepared.shaper, prepared.batch or [prepared.prompt_ids]
+    ids = [shaper.id] if len(batch) == 1 else [f"{shaper.id}-{i}" for i in range(len(batch))]
+    requests: list[Request] = []
     try:
-        for out in outputs:
-            yield from shaper.chunks(out)
-        yield from shaper.end(request.timing)
+        for prompt_ids, request_id in zip(batch, ids):
+            requests.append(generator.start(prompt_ids, prepared.req, grammar=prepared.grammar,
+                                            request_id=request_id))
+    except BaseException:
+        for queued in requests:
+            queued.close()
+        raise
+    if len(requests) > 1:
+        generator.request_groups[shaper.id] = ids
+    if prepared.req.stream:
+        return _stream(generator, requests, shaper)
+    try:
+        outputs = [out for i, r in enumerate(requests) for out in _numbered(r.outputs(), i, shaper.n)]
+        return shaper.whole(outputs, requests[0].timing)
     finally:
-        outputs.close()  # aborts the request when the consumer stops early
+        generator.request_groups.pop(shaper.id, None)
+
+
+def _numbered(outputs: Iterator[Output], prompt: int, n: int) -> Iterator[Output]:
+    """Outputs of prompt `prompt` of a batch, their index made the batch's choice index."""
+    for out in outputs:
+        out.index += prompt * n
+        yield out
+
+
+def _stream(generator: Generator, requests: list[Request], shaper: ChatShaper | CompletionShaper) -> Iterator[Any]:
+    streams = [r.outputs() for r in requests]
+    try:
+        for i, outputs in enumerate(streams):
+            for out in _numbered(outputs, i, shaper.n):
+                yield from shaper.chunks(out)
+        yield from shaper.end(requests[0].timing)
+    finally:
+        for outputs in streams:
+            outputs.close()  # aborts the request when the consumer stops early
+        generator.request_groups.pop(shaper.id, None)
 
 
 class _ChatCompletions:
@@ -227,6 +321,7 @@ class Completions:
     def __init__(self, generator: Generator, model_name: str):
         self._generator, self._model_name = generator, model_name
 
-    def create(self, *, prompt: str | list[int] = _UNSET, stream: bool = False, **kwargs: Any):
-        """OpenAI's completions.create: a Completion, or an iterator of Completion chunks."""
+    def create(self, *, prompt: str | list = _UNSET, stream: bool = False, **kwargs: Any):
+        """OpenAI's completions.create: a Completion, or an iterator of Completion chunks. A list
+        of prompts is one batch: choice i * n + j is choice j of prompt i."""
         return _respond(self._generator, prepare_completion(self._generator, self._model_name, prompt, stream, kwargs))

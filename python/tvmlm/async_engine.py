@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 
 from . import api, protocol
 from .engine import Engine
+from .errors import RequestError
 from .generation import Output, Request
 
 
@@ -77,7 +78,10 @@ class AsyncEngine(Engine):
                     pass
 
     def _start(self, prepared: api.Prepared) -> Request:
-        request = self.generator.start(prepared.prompt_ids, prepared.req, grammar=prepared.grammar, notify=True)
+        if prepared.batch is not None and len(prepared.batch) > 1:
+            raise RequestError("a list of prompts is served by Engine.completions; AsyncEngine takes one prompt")
+        request = self.generator.start(prepared.prompt_ids, prepared.req, grammar=prepared.grammar, notify=True,
+                                       request_id=prepared.shaper.id)
         self._ready_events[request.request_id] = (asyncio.get_running_loop(), asyncio.Event())
         return request
 

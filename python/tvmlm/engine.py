@@ -46,15 +46,17 @@ def _terminate_live_engines() -> None:
 
 
 def _sampling_defaults(package_dir: Path) -> dict[str, Any]:
-    """temperature/top_p/top_k from the model's generation_config.json, when it sets them (as vLLM
-    does; `do_sample` is ignored, so an unset temperature stays OpenAI's default of 1.0)."""
+    """temperature/top_p/top_k/min_p/repetition_penalty from the model's generation_config.json,
+    when it sets them (as vLLM does; `do_sample` is ignored, so an unset temperature stays
+    OpenAI's default of 1.0)."""
     try:
         gen = json.loads((package_dir / "generation_config.json").read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(gen, dict):
         return {}
-    return {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), (int, float))}
+    keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    return {k: gen[k] for k in keys if isinstance(gen.get(k), (int, float)) and not isinstance(gen[k], bool)}
 
 
 class Engine:

@@ -49,7 +49,7 @@ class ModelFileError(ModelError):
         return type(self), (self.file, self.where, self.problem)
 
 
-class DeviceError(TvmlmError):
+class DeviceError(TvmlmError, RuntimeError):
     """The requested device does not exist or cannot be used."""
 
 

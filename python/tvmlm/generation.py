@@ -46,17 +46,22 @@ class Delta:
     cached_prompt_tokens: int = 0
     time_to_first_token: float = 0.0
     inter_token_latency: float = 0.0
+    logprobs: list | None = None
+    prompt_logprobs: list | None = None
 
 
 @dataclass
 class Output:
-    """One step of one choice's output, as text."""
+    """One step of one choice's output, as text; `logprobs` are the core's entries for the tokens
+    of this step (`prompt_logprobs`: of the prompt, in the choice's first output)."""
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     index: int = 0
+    logprobs: list | None = None
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -97,11 +102,16 @@ class TextStream:
     stops: StopStringMatcher | None
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    #: Token ids left out of the text (special tokens, unless skip_special_tokens=False).
+    skip: frozenset[int] = frozenset()
 
     def feed(self, delta: Delta) -> tuple[str, str | None]:
         self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
         self.completion_tokens = delta.completion_tokens or self.completion_tokens + len(delta.token_ids)
-        text = self.detokenizer.add(delta.token_ids)
+        ids = delta.token_ids
+        if self.skip and not self.skip.isdisjoint(ids):
+            ids = [t for t in ids if t not in self.skip]
+        text = self.detokenizer.add(ids)
         finish = delta.finish_reason
         if finish is not None:
             text += self.detokenizer.flush()
@@ -155,8 +165,9 @@ class Request:
                 text, finish = stream.feed(delta)
                 if finish is not None:
                     self.open_choices.discard(index)
-                if text or finish is not None:
-                    outputs.append(Output(text, finish, stream.prompt_tokens, stream.completion_tokens, index))
+                if text or finish is not None or delta.logprobs or delta.prompt_logprobs:
+                    outputs.append(Output(text, finish, stream.prompt_tokens, stream.completion_tokens, index,
+                                          delta.logprobs, delta.prompt_logprobs))
         return outputs
 
     def close(self) -> None:
@@ -190,6 +201,8 @@ class Generator:
         self.closed = False
         self.grammar = None  # grammar.GrammarBackend, made by the first constrained request
         self._grammar_lock = threading.Lock()
+        # Response id -> the core request ids behind it (a completion with a list of prompts).
+        self.request_groups: dict[str, list[str]] = {}
 
     def check_open(self) -> None:
         if self.closed:
@@ -238,6 +251,11 @@ class Generator:
         bad = [t for t in prompt_ids if not 0 <= t < vocab]
         if bad:
             raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        named = [*generation.get("stop_token_ids", []), *(t for t, _ in generation.get("logit_bias", []))]
+        bad = [t for t in named if t >= vocab]
+        if bad:
+            raise RequestError(
+                f"stop_token_ids / logit_bias name token ids {bad[:5]}, outside the vocabulary [0, {vocab})")
         limit = min(context, self.config.max_total_sequence_length) - len(prompt_ids)
         if limit <= 0:
             raise RequestError(
@@ -268,14 +286,15 @@ class Generator:
             self.grammar.close()
 
     def submit(self, prompt_ids: list[int], generation: dict[str, Any], stream: bool = True,
-               token_masks: list | None = None, notify: bool = False) -> tuple[str, Any]:
+               token_masks: list | None = None, notify: bool = False,
+               request_id: str | None = None) -> tuple[str, Any]:
         """Validate and queue a request; (request id, its inbox). Without `stream` the inbox
         delivers each choice whole, when it finishes (one wake-up). `token_masks`: one
         `_core.GrammarMask` per choice for a grammar-constrained request. `notify`: the inbox's
         wake-ups also go to the router's ready set (`router.wait_ready()`, for AsyncEngine)."""
         self.check_open()
         self.check_prompt(prompt_ids, generation)
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         n = int(generation.get("n", 1))
         inbox = self.router.open(request_id, n, stream, notify)  # before the add: no delta can come first
         self.counters["requests"] += 1
@@ -287,9 +306,10 @@ class Generator:
         return request_id, inbox
 
     def start(self, prompt_ids: list[int], req: protocol._SamplingRequest, grammar: Any = None,
-              notify: bool = False) -> Request:
-        """Queue a parsed request; its `Request` yields the text of each choice. `grammar` (a
-        grammar.GrammarSpec) constrains every choice; `notify`: see submit."""
+              notify: bool = False, request_id: str | None = None) -> Request:
+        """Queue a parsed request (under `request_id`, e.g. its response's id); its `Request`
+        yields the text of each choice. `grammar` (a grammar.GrammarSpec) constrains every choice;
+        `notify`: see submit."""
         masks = None
         if grammar is not None:
             backend = self.grammar_backend()
@@ -297,14 +317,18 @@ class Generator:
         generation = self.generation_config(prompt_ids, req)
         # Stop strings are matched here, on text: they need every step, to abort the core in time.
         request_id, inbox = self.submit(prompt_ids, generation, stream=req.stream or bool(req.stop),
-                                        token_masks=masks, notify=notify)
+                                        token_masks=masks, notify=notify, request_id=request_id)
+        skip = self.tokenizer.special_token_ids if req.skip_special_tokens else frozenset()
         streams = [
-            TextStream(self.tokenizer.detokenizer(prompt_ids), StopStringMatcher(req.stop) if req.stop else None)
+            TextStream(self.tokenizer.detokenizer(prompt_ids), StopStringMatcher(req.stop) if req.stop else None,
+                       skip=skip)
             for _ in range(req.n)
         ]
         return Request(self, request_id, inbox, streams)
 
     def abort(self, request_id: str) -> None:
-        """Abort a request; its stream ends with finish_reason "abort"."""
+        """Abort a request by the id its response carries (every prompt of a completion batch);
+        its stream ends with finish_reason "abort"."""
         if not self.closed and self.core is not None:
-            self.core.abort_request(request_id)
+            for rid in (request_id, *self.request_groups.get(request_id, ())):
+                self.core.abort_request(rid)

@@ -39,7 +39,13 @@ MAX_STOP_STRINGS = 16
 #: Most choices per request (the engine also needs n <= max_num_sequence: they decode together).
 MAX_N = 128
 #: Sampling values used when neither the request nor the model's generation defaults set one.
-DEFAULT_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                    "repetition_penalty": 1.0}
+#: Most alternatives per token: chat `top_logprobs` (OpenAI: 20), completions `logprobs` (5).
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+#: Most entries of `logit_bias` and `stop_token_ids`.
+MAX_TOKEN_LIST = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,27 +197,80 @@ def _check_range(v: Any, lo: float, hi: float | None, lo_open: bool = False) -> 
 
 
 class _SamplingRequest(_Request):
-    """Fields shared by chat and text completion requests."""
+    """Fields shared by chat and text completion requests.
+
+    Sampling: temperature, top_p, top_k (0 or -1: off), min_p; presence_penalty and
+    frequency_penalty (OpenAI: logit -= presence * [token generated] + frequency * count),
+    repetition_penalty (transformers': logits of prompt and output tokens divided by it when
+    positive, multiplied when negative); logit_bias {token id: bias in [-100, 100]};
+    stop_token_ids; ignore_eos; seed. `skip_special_tokens` (default True) keeps special tokens
+    out of the text.
+    """
 
     model: Optional[StrictStr] = None
     max_tokens: Optional[StrictInt] = None
     temperature: Optional[StrictFloat] = None
     top_p: Optional[StrictFloat] = None
     top_k: Optional[StrictInt] = None
+    min_p: Optional[StrictFloat] = None
     stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[StrictInt] = Field(default_factory=list)
     seed: Optional[StrictInt] = None
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
     n: StrictInt = 1
     frequency_penalty: Optional[StrictFloat] = None
     presence_penalty: Optional[StrictFloat] = None
+    repetition_penalty: Optional[StrictFloat] = None
+    logit_bias: Optional[dict[Union[StrictStr, StrictInt], StrictFloat]] = None
     ignore_eos: StrictBool = False
+    skip_special_tokens: StrictBool = True
     user: Optional[StrictStr] = None  # accepted for OpenAI compatibility; not used
 
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v: Any) -> Any:
         return _check_range(v, 1, None)
+
+    @field_validator("min_p")
+    @classmethod
+    def _min_p(cls, v: Any) -> Any:
+        return _check_range(v, 0, 1)
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def _repetition_penalty(cls, v: Any) -> Any:
+        if v is not None and not (0 < v <= 10):
+            raise ValueError(f"must be in (0, 10] (1 = off), got {v!r}")
+        return v
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, Mapping) or len(v) > MAX_TOKEN_LIST:
+            raise ValueError(f"must map at most {MAX_TOKEN_LIST} token ids to biases, got {v!r}")
+        out = {}
+        for key, bias in v.items():
+            token = _token_id(key)
+            if (token is None or isinstance(bias, bool) or not isinstance(bias, (int, float))
+                    or not -100 <= bias <= 100):
+                raise ValueError(
+                    "must map token ids (ints >= 0, or their decimal strings) to numbers in "
+                    f"[-100, 100], got {key!r}: {bias!r}")
+            out[token] = float(bias)
+        return out
+
+    @field_validator("stop_token_ids", mode="before")
+    @classmethod
+    def _stop_token_ids(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if (not isinstance(v, list) or len(v) > MAX_TOKEN_LIST
+                or not all(_token_id(t) is not None and not isinstance(t, str) for t in v)):
+            raise ValueError(f"must be a list of at most {MAX_TOKEN_LIST} token ids (ints >= 0), got {v!r}")
+        return v
 
     @field_validator("temperature")
     @classmethod
@@ -226,6 +285,8 @@ class _SamplingRequest(_Request):
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, v: Any) -> Any:
+        if v == -1:  # vLLM's spelling of "off"
+            return 0
         return _check_range(v, 0, None)
 
     @field_validator("stop", mode="before")
@@ -252,9 +313,7 @@ class _SamplingRequest(_Request):
     @field_validator("frequency_penalty", "presence_penalty")
     @classmethod
     def _penalty(cls, v: Any) -> Any:
-        if v not in (None, 0):
-            raise ValueError(f"is not supported yet: only 0 or null is accepted, got {v!r}")
-        return v
+        return _check_range(v, -2, 2)
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "_SamplingRequest":
@@ -281,16 +340,40 @@ class _SamplingRequest(_Request):
             value = getattr(self, name)
             return value if value is not None else base[name]
 
+        top_logprobs = self.logprob_count
         return {
             "max_tokens": self.max_tokens if self.max_tokens is not None else default_max_tokens,
             "temperature": float(pick("temperature")),
             "top_p": float(pick("top_p")),
             "top_k": int(pick("top_k")),
+            "min_p": float(pick("min_p")),
+            "presence_penalty": float(self.presence_penalty or 0.0),
+            "frequency_penalty": float(self.frequency_penalty or 0.0),
+            "repetition_penalty": float(pick("repetition_penalty")),
+            "logit_bias": [[t, b] for t, b in (self.logit_bias or {}).items()],
             "seed": None if self.seed is None else to_int64(self.seed),  # same 64 bits
-            "stop_token_ids": [int(t) for t in stop_token_ids],
+            "stop_token_ids": list(dict.fromkeys([*map(int, stop_token_ids), *self.stop_token_ids])),
             "ignore_eos": self.ignore_eos,
             "n": self.n,
+            "logprobs": top_logprobs is not None,
+            "top_logprobs": top_logprobs or 0,
+            "prompt_logprobs": top_logprobs is not None and self.echo_prompt,
         }
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token when logprobs are asked for (0: the chosen token's only), else
+        None."""
+        return None
+
+    @property
+    def echo_prompt(self) -> bool:
+        """The prompt's text (and logprobs) come first in the output (completions' echo)."""
+        return False
+
+    def token_ids_used(self) -> list[int]:
+        """Token ids the request names (logit_bias, stop_token_ids), to check against the vocab."""
+        return [*(self.logit_bias or {}), *self.stop_token_ids]
 
     @property
     def include_usage(self) -> bool:
@@ -298,10 +381,11 @@ class _SamplingRequest(_Request):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-def _refuse_truthy(v: Any) -> Any:
-    if v not in (None, False):
-        raise ValueError(f"is not supported yet: only false or null is accepted, got {v!r}")
-    return v
+def _token_id(v: Any) -> int | None:
+    """`v` as a token id (an int >= 0 or its decimal string, as JSON object keys are), else None."""
+    if isinstance(v, str) and v.isdecimal():
+        v = int(v)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -317,8 +401,8 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: Optional[list[ToolParam]] = None
     tool_choice: Optional[ToolChoice] = None
     parallel_tool_calls: StrictBool = True
-    logprobs: Optional[Any] = None
-    top_logprobs: Optional[Any] = None
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[StrictInt] = None
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -327,15 +411,25 @@ class ChatCompletionRequest(_SamplingRequest):
             raise ValueError(f"must be a non-empty list of messages, got {v!r}")
         return v
 
-    @field_validator("logprobs", "top_logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _logprobs(cls, v: Any) -> Any:
-        return _refuse_truthy(v)
+    def _top_logprobs(cls, v: Any) -> Any:
+        return _check_range(v, 0, MAX_TOP_LOGPROBS)
 
     @field_validator("max_completion_tokens")
     @classmethod
     def _max_completion_tokens(cls, v: Any) -> Any:
         return _check_range(v, 1, None)
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs is only allowed when logprobs=True")
+        return self
+
+    @property
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _check_tool_choice(self) -> "ChatCompletionRequest":
@@ -373,35 +467,57 @@ class ChatCompletionRequest(_SamplingRequest):
         return self
 
 
+def _is_token_ids(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
+
+
 class CompletionRequest(_SamplingRequest):
-    """Arguments of `engine.completions.create`: `prompt` is a string or a list of token ids."""
+    """Arguments of `engine.completions.create`.
+
+    `prompt` is a string, a list of token ids, or a batch: a list of strings or of token-id
+    lists (choice `i * n + j` is choice j of prompt i). `logprobs` (0-5) asks for each token's
+    logprob and that many alternatives (the chosen token is always among them, so up to
+    logprobs + 1, as OpenAI defines it); `echo` puts the prompt before the completion (with its
+    logprobs when `logprobs` is set; the first token has none).
+    """
 
     _kind: ClassVar[str] = "completion request"
-    prompt: Union[StrictStr, list[StrictInt]]
+    prompt: Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
     echo: StrictBool = False
-    logprobs: Optional[Any] = None
+    logprobs: Optional[StrictInt] = None
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, v: Any) -> Any:
-        is_ids = isinstance(v, list) and all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
-        if not ((isinstance(v, str) or is_ids) and len(v) > 0):
+        one = (isinstance(v, str) and len(v) > 0) or _is_token_ids(v)
+        batch = isinstance(v, list) and len(v) > 0 and (
+            all(isinstance(p, str) and p for p in v) or all(_is_token_ids(p) for p in v))
+        if not (one or batch):
             raise ValueError(
-                "must be a non-empty string or a non-empty list of token ids (ints >= 0), "
-                f"got {v!r}"
+                "must be a non-empty string, a non-empty list of token ids (ints >= 0), or a "
+                f"non-empty list of either (a batch), got {v!r}"
             )
         return v
-
-    @field_validator("echo")
-    @classmethod
-    def _echo(cls, v: bool) -> bool:
-        return _refuse_truthy(v)
 
     @field_validator("logprobs")
     @classmethod
     def _logprobs(cls, v: Any) -> Any:
-        return _refuse_truthy(v)
+        return _check_range(v, 0, MAX_COMPLETION_LOGPROBS)
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of the batch (one for a single prompt)."""
+        p = self.prompt
+        return list(p) if isinstance(p, list) and p and not isinstance(p[0], int) else [p]
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def echo_prompt(self) -> bool:
+        return self.echo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +554,41 @@ class CompletionUsage(BaseModel):
                    total_tokens=prompt_tokens + completion_tokens, extra=extra)
 
 
+class TopLogprob(BaseModel):
+    """An alternative token: its text, UTF-8 bytes and logprob."""
+
+    token: str
+    bytes: Optional[list[int]] = None
+    logprob: float
+
+
+class ChatCompletionTokenLogprob(BaseModel):
+    """A chosen token's logprob (log-softmax of the distribution it was drawn from) and the most
+    likely alternatives, best first."""
+
+    token: str
+    bytes: Optional[list[int]] = None
+    logprob: float
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A chat choice's logprobs: one entry per token of its content."""
+
+    content: Optional[list[ChatCompletionTokenLogprob]] = None
+    refusal: Optional[list[ChatCompletionTokenLogprob]] = None
+
+
+class CompletionLogprobs(BaseModel):
+    """A text choice's logprobs, OpenAI's legacy layout: parallel lists over the tokens (with
+    echo, the prompt's first; the very first token has no logprob: None)."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
@@ -448,7 +599,7 @@ class ChatCompletionChoice(BaseModel):
     index: int = 0
     message: ChatCompletionMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletion(BaseModel):
@@ -473,7 +624,7 @@ class ChatCompletionChunkChoice(BaseModel):
     index: int = 0
     delta: ChoiceDelta
     finish_reason: Optional[FinishReason] = None
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -492,7 +643,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Optional[FinishReason] = None  # None only in streamed chunks before the last
-    logprobs: None = None
+    logprobs: Optional[CompletionLogprobs] = None
 
 
 class Completion(BaseModel):
@@ -518,16 +669,18 @@ def build_chat_completion(
     model: str, text: str | Sequence[str], finish_reason: FinishReason | Sequence[FinishReason],
     prompt_tokens: int, completion_tokens: int, *, id: str | None = None,
     created: int | None = None, usage_extra: dict | None = None,
+    logprobs: Sequence[ChoiceLogprobs | None] | None = None,
 ) -> ChatCompletion:
     """A finished chat completion and usage: one choice, or one per text when given lists (n > 1;
-    `completion_tokens` counts all of them)."""
+    `completion_tokens` counts all of them). `logprobs`: one per choice."""
     texts, reasons = _as_list(text), _as_list(finish_reason)
+    lps = list(logprobs) if logprobs is not None else [None] * len(texts)
     return ChatCompletion(
         id=id or new_chat_completion_id(), created=created if created is not None else _now(),
         model=model,
         choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=t),
-                                      finish_reason=f)
-                 for i, (t, f) in enumerate(zip(texts, reasons, strict=True))],
+                                      finish_reason=f, logprobs=lp)
+                 for i, (t, f, lp) in enumerate(zip(texts, reasons, lps, strict=True))],
         usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
     )
 
@@ -535,13 +688,15 @@ def build_chat_completion(
 def build_chat_chunk(
     id: str, model: str, created: int, *, content: str | None = None, role: bool = False,
     finish_reason: FinishReason | None = None, index: int = 0,
+    logprobs: ChoiceLogprobs | None = None,
 ) -> ChatCompletionChunk:
     """A content chunk of choice `index`; `role=True` marks a choice's first chunk
-    (delta.role = "assistant")."""
+    (delta.role = "assistant"). `logprobs` covers the tokens of this chunk."""
     delta = ChoiceDelta(role="assistant" if role else None, content=content)
     return ChatCompletionChunk(
         id=id, created=created, model=model,
-        choices=[ChatCompletionChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
+        choices=[ChatCompletionChunkChoice(index=index, delta=delta, finish_reason=finish_reason,
+                                           logprobs=logprobs)],
     )
 
 
@@ -559,25 +714,29 @@ def build_completion(
     model: str, text: str | Sequence[str], finish_reason: FinishReason | Sequence[FinishReason],
     prompt_tokens: int, completion_tokens: int, *, id: str | None = None,
     created: int | None = None, usage_extra: dict | None = None,
+    logprobs: Sequence[CompletionLogprobs | None] | None = None,
 ) -> Completion:
-    """A finished text completion and usage: one choice, or one per text when given lists."""
+    """A finished text completion and usage: one choice, or one per text when given lists.
+    `logprobs`: one per choice."""
     texts, reasons = _as_list(text), _as_list(finish_reason)
+    lps = list(logprobs) if logprobs is not None else [None] * len(texts)
     return Completion(
         id=id or new_completion_id(), created=created if created is not None else _now(),
         model=model,
-        choices=[CompletionChoice(index=i, text=t, finish_reason=f)
-                 for i, (t, f) in enumerate(zip(texts, reasons, strict=True))],
+        choices=[CompletionChoice(index=i, text=t, finish_reason=f, logprobs=lp)
+                 for i, (t, f, lp) in enumerate(zip(texts, reasons, lps, strict=True))],
         usage=CompletionUsage.of(prompt_tokens, completion_tokens, usage_extra),
     )
 
 
 def build_completion_chunk(
     id: str, model: str, created: int, text: str, finish_reason: FinishReason | None = None,
-    index: int = 0,
+    index: int = 0, logprobs: CompletionLogprobs | None = None,
 ) -> Completion:
     """One streamed piece of choice `index` of a text completion."""
     return Completion(id=id, created=created, model=model,
-                      choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)])
+                      choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason,
+                                                logprobs=logprobs)])
 
 
 def build_completion_usage_chunk(

@@ -74,6 +74,23 @@ class Tokenizer:
         # Byte-level BPE streams through a per-token byte table (detokenizer.py), shared by requests.
         byte_level = isinstance(self._tok.decoder, tokenizers.decoders.ByteLevel)
         self._token_bytes = TokenBytes(self._tok.id_to_token) if byte_level else None
+        self._special_ids: frozenset[int] | None = None
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the added tokens marked special (`<|im_start|>`, `</s>`, ...): what
+        skip_special_tokens keeps out of text."""
+        if self._special_ids is None:
+            decoder = self._tok.get_added_tokens_decoder()
+            self._special_ids = frozenset(i for i, t in decoder.items() if t.special)
+        return self._special_ids
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes token `token_id` stands for on its own (byte-level BPE tokens may hold
+        part of a character)."""
+        if self._token_bytes is not None:
+            return self._token_bytes[token_id]
+        return self._tok.decode([token_id], skip_special_tokens=False).encode()
 
     @property
     def backend(self) -> tokenizers.Tokenizer:

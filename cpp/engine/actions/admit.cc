@@ -35,7 +35,8 @@ void AdmitAction(EngineState* s) {
   while (!s->waiting.empty()) {
     Request* r = s->waiting.front().get();
     if (s->SlotsUsed() + r->slots() > s->max_num_sequence) break;
-    PrefixMatch match = s->FindPrefix(*r);
+    // Prompt logprobs need logits at every prompt position: nothing may come from the cache.
+    PrefixMatch match = r->needs_prompt_logits() ? PrefixMatch() : s->FindPrefix(*r);
     if (!MakeRoom(s, *r, &match)) break;
     s->running.push_back(std::move(s->waiting.front()));
     s->waiting.pop_front();

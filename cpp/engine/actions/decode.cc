@@ -66,7 +66,7 @@ void DecodeAction(EngineState* s) {
     r->num_computed += 1;
     float* row = logits.data.data() + static_cast<int64_t>(i) * logits.vocab;
     if (!ConstrainLogits(s, r, row, logits.vocab)) continue;
-    s->CommitToken(r, SampleToken(row, logits.vocab, r->config, &r->rng));
+    s->SampleAndCommit(r, row, logits.vocab);
   }
 }
 

@@ -16,6 +16,17 @@ enum class FinishReason { kNotFinished, kStop, kLength, kAbort, kError };
 TVMLM_API const char* FinishReasonName(FinishReason reason);
 
 /*!
+ * \brief The log-probability of one token under the distribution it was drawn from (prompt
+ * tokens: the model's plain softmax), and the most likely alternatives, best first.
+ */
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<int32_t> top_tokens;
+  std::vector<float> top_logprobs;
+};
+
+/*!
  * \brief New output of one request since its previous delta. The last delta of a request has
  * finish_reason != kNotFinished; none follows it.
  */
@@ -25,6 +36,13 @@ struct RequestDelta {
   int64_t index = 0;
   /*! \brief New tokens. A token that matched eos / stop_token_ids is not included. */
   std::vector<int32_t> token_ids;
+  /*! \brief With GenerationConfig::logprobs: one entry per token of token_ids, else empty. */
+  std::vector<TokenLogprob> logprobs;
+  /*!
+   * \brief With GenerationConfig::prompt_logprobs, in each choice's first delta: one entry per
+   * prompt token after the first. Empty otherwise.
+   */
+  std::vector<TokenLogprob> prompt_logprobs;
   FinishReason finish_reason = FinishReason::kNotFinished;
   /*! \brief Message when finish_reason == kError, else empty. */
   std::string error;
