@@ -12,6 +12,8 @@ import pytest
 
 from tvmlm import Engine, EngineConfig, ModelFileNotFoundError, RequestError, TvmlmError
 
+pytestmark = pytest.mark.engine
+
 CHAT = [{"role": "user", "content": "tell me about the lighthouse"}]
 SAMPLED = dict(temperature=1.0, top_p=0.9, top_k=50, min_p=0.02, presence_penalty=0.4,
                frequency_penalty=0.3, repetition_penalty=1.2, logit_bias={"40": 2.0}, seed=17)
