@@ -226,7 +226,7 @@ def test_request_errors_come_before_anything_is_queued(tiny_engine, kw, match):
 
 def test_chat_template_failure_is_a_request_error(tiny_engine):
     with pytest.raises(RequestError, match="chat template"):
-        tiny_engine.chat.completions.create(messages=[{"role": "tool", "content": "x"}])
+        tiny_engine.chat.completions.create(messages=[{"role": "tool", "content": "x", "tool_call_id": "c1"}])
 
 
 def test_missing_model_files_are_file_not_found(tmp_path, tiny_package):
