@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tvmlm import Engine, EngineConfig, ModelFileNotFoundError, RequestError, TvmlmError
+from tvmlm import Engine, EngineConfig, ModelNotFoundError, RequestError, TvmlmError
 
 pytestmark = pytest.mark.engine
 
@@ -232,7 +232,7 @@ def test_chat_template_failure_is_a_request_error(tiny_engine):
 def test_missing_model_files_are_file_not_found(tmp_path, tiny_package):
     with pytest.raises(FileNotFoundError) as info:
         Engine(tmp_path / "nope", device="cpu")
-    assert isinstance(info.value, TvmlmError) and isinstance(info.value, ModelFileNotFoundError)
+    assert isinstance(info.value, TvmlmError) and isinstance(info.value, ModelNotFoundError)
     from tvmlm.tokenizer import Tokenizer
 
     with pytest.raises(FileNotFoundError) as info:
