@@ -134,3 +134,14 @@ def test_unsupported_formats_and_schemas_are_refused(tiny_engine, fmt, words):
     with pytest.raises(RequestError, match="response_format") as info:
         _create(tiny_engine, response_format=fmt)
     assert words in str(info.value)
+
+
+def test_missing_xgrammar_is_a_request_error(monkeypatch):
+    """xgrammar is an extra (it needs torch): without it a constrained request says how to get it."""
+    import sys
+
+    from tvmlm.grammar import GrammarBackend
+
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
+    with pytest.raises(RequestError, match=r"tvmlm\[structured\]"):
+        GrammarBackend(tokenizer=None, vocab_size=8, stop_token_ids=[])

@@ -122,7 +122,12 @@ class GrammarBackend:
     that advances every constrained choice's matcher. `close()` joins the worker."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
-        import xgrammar as xgr
+        try:
+            import xgrammar as xgr
+        except ImportError as exc:  # an optional extra: it pulls in torch and transformers
+            raise RequestError(
+                "response_format and required/named tool_choice need xgrammar, which is not installed: "
+                "pip install 'tvmlm[structured]'") from exc
 
         from . import _core
 
