@@ -99,7 +99,38 @@ size_t CandidateSelector::CollectByHistogram(const float* w, int64_t n, Until un
   return certain;
 }
 
+// The `count` heaviest of w[0, n), heaviest first (ties: lower id first), in one pass: a block
+// whose (vectorized) maximum cannot beat the current count-th best is skipped, so after the first
+// few blocks almost every block costs only its maximum.
+static void StreamTopN(const float* w, int64_t n, size_t count, std::vector<int32_t>* ids) {
+  constexpr int64_t kBlock = 64;
+  ids->clear();
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    if (ids->size() == count) {
+      const float bar = w[ids->back()];
+      float block_max = w[start];
+      for (int64_t i = start; i < end; ++i) block_max = w[i] > block_max ? w[i] : block_max;
+      if (!(block_max > bar)) continue;  // equal weights keep the earlier (lower) ids
+    }
+    for (int64_t i = start; i < end; ++i) {
+      if (ids->size() == count && !(w[i] > w[ids->back()])) continue;
+      auto at = std::upper_bound(ids->begin(), ids->end(), static_cast<int32_t>(i),
+                                 [w](int32_t a, int32_t b) { return w[a] > w[b]; });
+      ids->insert(at, static_cast<int32_t>(i));
+      if (ids->size() > count) ids->pop_back();
+    }
+  }
+}
+
+// Up to this many, top-k and top-logprobs selections stream (StreamTopN) instead of collecting.
+constexpr int64_t kStreamedTopN = 64;
+
 void CandidateSelector::KeepTopK(const float* w, int64_t n, int64_t k, std::vector<int32_t>* ids) {
+  if (k <= kStreamedTopN) {
+    StreamTopN(w, n, static_cast<size_t>(std::min(k, n)), ids);
+    return;
+  }
   double certain_mass;
   const size_t certain = Collect(w, n, Until::kCount, static_cast<double>(k), ids, &certain_mass);
   const auto keep = static_cast<size_t>(k);
@@ -125,7 +156,7 @@ double CandidateSelector::KeepNucleus(const float* w, int64_t n, double target,
 void CandidateSelector::KeepTopSorted(const float* w, int64_t n, int64_t count,
                                       std::vector<int32_t>* ids) {
   KeepTopK(w, n, std::min(count, n), ids);
-  std::sort(ids->begin(), ids->end(), Heavier{w});
+  if (count > kStreamedTopN) std::sort(ids->begin(), ids->end(), Heavier{w});
 }
 
 }  // namespace tvmlm
