@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("prompt", nargs="?", help="the prompt; omit it for a REPL (chat only)")
         p.add_argument("--model", help="HF model directory, .gguf file or compiled package (default: SmolLM2-135M-Instruct)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda[:i], metal[:i] or vulkan[:i] (default: auto)")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
         p.add_argument("--mode", default="interactive", choices=["local", "interactive", "server"])
         p.add_argument("--max-tokens", type=int, default=256 if name == "chat" else 64)
         p.add_argument("--temperature", type=float, help="0 = greedy (default: the model's "

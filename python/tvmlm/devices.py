@@ -20,12 +20,16 @@ from .errors import ConfigError, DeviceError
 
 logger = logging.getLogger(__name__)
 
-#: Device kinds tvmlm runs on. "auto" is a request, not a kind a resolved Device has.
-KINDS = ("cpu", "cuda", "metal", "vulkan")
+#: Device kinds tvmlm compiles for and runs on. "auto" is a request, not a kind a resolved Device has.
+KINDS = ("cpu", "cuda")
 #: Order in which "auto" probes accelerators (index 0 of each) before falling back to cpu.
-AUTO_ORDER = ("cuda", "metal", "vulkan")
+AUTO_ORDER = ("cuda",)
 #: The accepted device string forms, quoted in every parse error.
-ALLOWED_FORMS = ("auto", "cpu", "cuda[:i]", "metal[:i]", "vulkan[:i]")
+ALLOWED_FORMS = ("auto", "cpu", "cuda[:i]")
+#: GPU runtimes TVM knows but tvmlm does not compile for: the TVM wheel has no Vulkan (SPIR-V)
+#: code generator and no Metal or Vulkan runtime, and tvmlm's kernels are scheduled for CPU and
+#: CUDA only. Asking for one is refused with a DeviceError rather than failing at compile time.
+UNSUPPORTED_KINDS = ("metal", "vulkan", "rocm", "opencl", "webgpu")
 
 # Highest index probed when listing the devices of one kind for an error message.
 _MAX_PROBE_INDEX = 16
@@ -49,10 +53,12 @@ _DEVICE_RE = re.compile(r"^([a-z]+)(?::(\d+))?$")
 
 
 def parse_device(s: Union[str, Device]) -> Device:
-    """Parse "auto", "cpu", "cuda[:i]", "metal[:i]" or "vulkan[:i]" (case-insensitive).
+    """Parse "auto", "cpu" or "cuda[:i]" (case-insensitive).
 
-    "cpu:0" is accepted as the contract's spelling of the cpu. Raises ConfigError listing the
-    allowed forms for anything else; "gpu" is refused because it does not say which runtime.
+    "cpu:0" is accepted as the contract's spelling of the cpu. Metal, Vulkan and the other GPU
+    runtimes in UNSUPPORTED_KINDS raise DeviceError (tvmlm cannot compile for them); anything else
+    raises ConfigError listing the allowed forms; "gpu" is refused because it does not say which
+    runtime.
     """
     if isinstance(s, Device):
         return s
@@ -66,8 +72,13 @@ def parse_device(s: Union[str, Device]) -> Device:
     if kind == "gpu":
         # Ambiguous on machines with several runtimes; make the user pick rather than guess.
         raise ConfigError(
-            f"device={s!r} is ambiguous: use 'cuda', 'metal' or 'vulkan' (with an optional ':i'), "
+            f"device={s!r} is ambiguous: use 'cuda' (with an optional ':i'), "
             "or 'auto' to take the first accelerator found"
+        )
+    if kind in UNSUPPORTED_KINDS:
+        raise DeviceError(
+            f"device={s!r} is not supported: tvmlm compiles models for cpu and cuda only; "
+            "use one of " + ", ".join(ALLOWED_FORMS)
         )
     if kind == "auto" and index_text is None:
         return Device("auto", 0)
@@ -111,7 +122,7 @@ def list_devices(exists_fn: ExistsFn | None = None) -> list[Device]:
 def resolve_device(s: Union[str, Device], exists_fn: ExistsFn | None = None) -> Device:
     """Turn a device string into an existing Device.
 
-    "auto" picks the first of cuda:0, metal:0, vulkan:0 that exists, else cpu, and logs the choice
+    "auto" picks cuda:0 if it exists, else cpu (only devices tvmlm compiles for), and logs the choice
     at INFO. An explicit device that does not exist raises DeviceError naming what was found.
     `exists_fn(kind, index)` defaults to `tvmlm._core.device_exists` (imported on first use).
     """
@@ -123,7 +134,7 @@ def resolve_device(s: Union[str, Device], exists_fn: ExistsFn | None = None) -> 
             if _exists(exists_fn, candidate):
                 logger.info("tvmlm: device 'auto' resolved to %s", candidate)
                 return candidate
-        logger.info("tvmlm: device 'auto' resolved to cpu (no cuda, metal or vulkan device found)")
+        logger.info("tvmlm: device 'auto' resolved to cpu (no cuda device found)")
         return Device("cpu", 0)
     if not _exists(exists_fn, device):
         found = ", ".join(str(d) for d in list_devices(exists_fn))
@@ -190,7 +201,6 @@ def tvm_target(
 
     cpu:    {"kind": "llvm", "mcpu": <LLVM's host cpu name, e.g. "znver4">, "num-cores": n}
     cuda:   {"kind": "cuda", "arch": "sm_XY"} from the device's compute capability "X.Y"
-    metal / vulkan: {"kind": "metal"} / {"kind": "vulkan"}
 
     `host_cpu_fn()` defaults to `tvm.target.codegen.llvm_get_system_cpu` and
     `compute_capability_fn(index)` to `tvm.cuda(index).compute_version` (both import tvm lazily);
@@ -204,6 +214,4 @@ def tvm_target(
     if device.kind == "cuda":
         capability = (compute_capability_fn or _cuda_compute_capability)(device.index)
         return {"kind": "cuda", "arch": _sm_arch(capability)}
-    if device.kind in ("metal", "vulkan"):
-        return {"kind": device.kind}
     raise ConfigError("tvm_target needs a resolved device; call resolve_device first")

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="HF model directory, .gguf file or compiled package (default: SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:i], metal[:i] or vulkan[:i] (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     p.add_argument("--mode", default="server", choices=["local", "interactive", "server"],
                    help="engine preset (default: server: as many sequences as memory allows)")
     p.add_argument("--api-key", default=os.environ.get("TVMLM_API_KEY"),
