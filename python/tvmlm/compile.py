@@ -56,7 +56,9 @@ def cache_dir() -> Path:
 class CompileOptions:
     """What changes the compiled library besides the model config and the target."""
 
-    dtype: str = "float32"
+    # Activations' (and dense weights') dtype; None: the device's, chosen once the model's config is
+    # read (device_dtype).
+    dtype: str | None = "float32"
     prefill_chunk_size: int | None = None  # None: the model's default
     max_batch_size: int = 128
     # Weight formats kept packed ({"linear", "embed", "lm_head"} -> f32/q4_1/q8_0), as a sorted tuple
@@ -110,11 +112,34 @@ def host_fingerprint() -> str:
     return hashlib.sha256(f"{model}|{flags}".encode()).hexdigest()[:16]
 
 
-def target_key(device_kind: str, device_detail: str = "") -> dict[str, Any]:
-    """The part of the cache key that stands for the compile target."""
+def target_key(device_kind: str, device_detail: str = "", target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of the cache key that stands for the compile target: an explicit target (a CUDA
+    architecture, a CPU other than this host's) is its own key."""
+    if target is not None:
+        return {"target": target}
     if device_kind == "cpu":
         return {"kind": "llvm", "host": host_fingerprint(), "cores": os.cpu_count()}
     return {"kind": device_kind, "detail": device_detail}
+
+
+def device_dtype(device_kind: str, hf_config: dict[str, Any], quantization: str | None = None) -> str:
+    """The dtype a device computes in: float32 on cpu; on cuda float16, or bfloat16 for a model
+    whose `torch_dtype` is bfloat16 (float16's range overflows on some bf16-trained models), and
+    float32 when weights are group-quantized (the packed kernels take float32 activations)."""
+    if device_kind != "cuda" or quantization not in (None, "none"):
+        return "float32"
+    stored = hf_config.get("torch_dtype") or hf_config.get("dtype") or ""  # "dtype" in newer transformers
+    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float16"
+
+
+def device_compile_args(device: Any, compute_capability_fn: Any = None) -> tuple[str, dict[str, Any] | None]:
+    """(device kind, explicit target or None) for prepare_package on a resolved `Device`: a CUDA
+    device's target names the architecture of the index asked for, so it is in the cache key."""
+    from .devices import tvm_target
+
+    if device.kind != "cuda":
+        return device.kind, None
+    return "cuda", tvm_target(device, compute_capability_fn=compute_capability_fn)
 
 
 def _digest(obj: Any) -> str:
@@ -238,8 +263,7 @@ def prepare_package(
     from . import weights
 
     options = options or CompileOptions()
-    # An explicit target (a CPU other than this host's, say) is its own key.
-    tkey = target_key(device_kind, device_detail) if target is None else {"target": target}
+    tkey = target_key(device_kind, device_detail, target)
     root = cache_dir()
     # Warm path: a source index maps (weight files, target, options) to the package, so a cache hit
     # parses neither the GGUF metadata (seconds for a 49k-token vocabulary) nor config files.
@@ -253,6 +277,10 @@ def prepare_package(
 
     # everything that cannot run is refused here, before anything is compiled
     check_target_support(LlamaConfig.from_hf(loaded.config), device_kind)
+    if options.dtype is None:
+        from dataclasses import replace
+
+        options = replace(options, dtype=device_dtype(device_kind, loaded.config, options.quantization))
     if not options.weight_formats and options.quantization is None and options.dtype == "float32":
         from dataclasses import replace
 
@@ -448,11 +476,17 @@ def package_with_library(model_path: str | os.PathLike, model_lib: str | os.Path
 
 
 def resolve_package(
-    model: str | os.PathLike, device_kind: str, model_lib: str | None = None, quantization: str | None = None,
+    model: str | os.PathLike, device: Any, model_lib: str | None = None, quantization: str | None = None,
     kv_dtype: str | None = None,
 ) -> tuple[Path, dict, bool]:
     """Return (package dir, metadata, compiled?) for `model` (a compiled package, or weights that are
-    compiled with `model_lib` or into the cache), raising ModelError/ConfigError with the fix."""
+    compiled with `model_lib` or into the cache), raising ModelError/ConfigError with the fix.
+    `device` is a resolved `Device` (or a kind); weights are compiled in the device's dtype
+    (device_dtype) for its architecture (device_compile_args)."""
+    from .devices import parse_device
+
+    device = parse_device(device)
+    device_kind = device.kind
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -482,10 +516,9 @@ def resolve_package(
             pkg = package_with_library(path, model_lib, device_kind)
             check_kv_dtype(kv_dtype, pkg.metadata, f"model_lib={model_lib!r}")
         else:
-            # The cache key does not yet tell CUDA architectures apart (needs a compute-capability
-            # query in _core); the library is compiled for the GPU the compiling process sees.
-            options = CompileOptions(quantization=quantization, kv_dtype=kv_dtype)
-            pkg = prepare_package(path, device_kind, options=options)
+            options = CompileOptions(dtype=None, quantization=quantization, kv_dtype=kv_dtype)
+            kind, target = device_compile_args(device)
+            pkg = prepare_package(path, kind, options=options, target=target)
     except TvmlmError:
         raise
     except (OSError, ValueError, NotImplementedError) as exc:

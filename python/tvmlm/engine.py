@@ -94,7 +94,7 @@ class Engine:
         # 2-3. resolve the model and compile (cached) when no library is given.
         quantization = engine_config.quantization if engine_config is not None else None
         kv_dtype = engine_config.kv_dtype if engine_config is not None else None
-        self.package_dir, self.metadata, compiled = resolve_package(model, self.device.kind, model_lib, quantization, kv_dtype)
+        self.package_dir, self.metadata, compiled = resolve_package(model, self.device, model_lib, quantization, kv_dtype)
         self.model_name = Path(model).name
         # 4. tokenizer and chat template; the model's own sampling defaults (generation_config.json)
         # apply to fields a request leaves unset, as in transformers and vLLM.

@@ -20,6 +20,8 @@ def make_target(device_kind: str, target: dict[str, Any] | None = None):
     from tvm.target import Target, codegen
 
     if target is not None:
+        if target.get("kind") == "cuda" and "host" not in target:
+            return Target(target, host={"kind": "llvm"})
         return Target(target)
     if device_kind == "cpu":
         return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
