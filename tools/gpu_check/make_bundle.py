@@ -14,14 +14,8 @@ that the device machine cannot make itself (see README.md next to this file).
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
-import glob
 import importlib.util
 import json
-import os
-import struct
-import subprocess
 import shutil
 import sys
 import tempfile
@@ -118,79 +112,20 @@ def copy_runtime(out: Path) -> None:
 def compile_model(name: str, device_kind: str, target: dict | None, out: Path) -> float:
     from tvmlm.compile import CompileOptions
     from tvmlm.models.build import build_module
+    from tvmlm.models.cuda_codegen import check_cuda_binary
 
     make_config, dtype = MODELS[name]
     config = make_config()
     t0 = time.time()
     built = build_module(config, device_kind, target, CompileOptions(dtype=dtype))
     out.mkdir(parents=True, exist_ok=True)
-    if device_kind == "cuda":
-        enable_cuda_codegen()
-        with built.target:  # Target.current() tells nvcc the arch
-            ex = built.compile()
-    else:
-        ex = built.compile()
+    ex = built.compile()  # CUDA: kernels compiled by nvcc for the target's arch (models/cuda_codegen.py)
     ex.export_library(str(out / "lib.so"))
     if device_kind == "cuda":
         check_cuda_binary(out / "lib.so")
     (out / "metadata.json").write_text(json.dumps(built.metadata, indent=1))
     (out / "config.json").write_text(json.dumps(config, indent=1))
     return time.time() - t0
-
-
-_STUB_DIR = Path(tempfile.mkdtemp(prefix="tvmlm-cuda-stub-"))
-atexit.register(shutil.rmtree, _STUB_DIR, True)
-
-
-def enable_cuda_codegen() -> None:
-    """Make codegen compile the kernels now (nvcc -> fatbin) instead of storing CUDA source.
-
-    TVM 0.27 builds a real CUDA module only when the runtime's factory "ffi.Module.create.cuda"
-    is registered, i.e. libtvm_runtime_cuda.so is loaded; otherwise the library keeps the source
-    (fmt "cuda") and compiles it at load time through the Python callback tvm_callback_cuda_compile,
-    which the device (no tvm package) does not have. Loading the plugin needs libcudart.so.13
-    (from the CUDA toolkit here) and libcuda.so.1 (the driver, absent here: a stub whose functions
-    are never called at build time stands in).
-    """
-    import tvm
-    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
-
-    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
-        return
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # the default NVRTC path needs cuda-bindings
-    plugin = package_dir("tvm") / "lib" / "libtvm_runtime_cuda.so"
-    if not _driver_present():
-        undefined = subprocess.run(["nm", "-D", "--undefined-only", str(plugin)], capture_output=True,
-                                   text=True, check=True).stdout.split()  # fmt: skip
-        driver_syms = sorted({w for w in undefined if w.startswith("cu") and not w.startswith("cuda")})
-        stub_c = _STUB_DIR / "cuda_stub.c"
-        stub_c.write_text("".join(f"int {name}(void) {{ return 100; }}\n" for name in driver_syms))
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(_STUB_DIR / "libcuda.so.1"), str(stub_c),
-                        "-Wl,-soname,libcuda.so.1"], check=True)  # fmt: skip
-        ctypes.CDLL(str(_STUB_DIR / "libcuda.so.1"), mode=ctypes.RTLD_GLOBAL)
-    cudart = sorted(glob.glob("/usr/local/cuda*/lib*/libcudart.so.13") + glob.glob("/usr/local/cuda*/targets/*/lib/libcudart.so.13"))
-    if not cudart:
-        raise SystemExit("libcudart.so.13 not found under /usr/local/cuda*: cannot load the TVM CUDA runtime")
-    ctypes.CDLL(cudart[0], mode=ctypes.RTLD_GLOBAL)
-    ctypes.CDLL(str(plugin), mode=ctypes.RTLD_GLOBAL)
-    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is None:
-        raise SystemExit(f"loaded {plugin} but ffi.Module.create.cuda is still not registered")
-
-
-def _driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
-        return True
-    except OSError:
-        return False
-
-
-def check_cuda_binary(lib: Path) -> None:
-    """The embedded CUDA module must hold a compiled binary, not source (fmt 'cuda')."""
-    data = lib.read_bytes()
-    fmts = [f for f in (b"fatbin", b"cubin", b"ptx", b"cuda") if struct.pack("<Q", len(f)) + f in data]
-    if b"fatbin" not in fmts and b"cubin" not in fmts:
-        raise SystemExit(f"{lib}: CUDA module is not compiled to a binary (formats seen: {fmts})")
 
 
 def du(path: Path) -> int:

@@ -54,7 +54,13 @@ class BuiltModule:
         from .pipeline import relax_pipeline
 
         with tvm.transform.PassContext(config=self.pass_config()):
-            return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
+            if self.target.kind.name != "cuda":
+                return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
+            from .cuda_codegen import enable_cuda_codegen
+
+            enable_cuda_codegen()  # kernels compiled by nvcc now, not kept as CUDA source
+            with self.target:  # Target.current() gives nvcc the arch
+                return tvm.compile(self.mod, target=self.target, relax_pipeline=relax_pipeline(self.target))
 
 
 def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, Any] | None, options) -> BuiltModule:
