@@ -104,12 +104,13 @@ class PyModel {
   }
 
   py::array_t<float> Prefill(std::vector<int64_t> seq_ids,
-                             std::vector<std::vector<int32_t>> token_ids) {
+                             std::vector<std::vector<int32_t>> token_ids,
+                             std::vector<int64_t> logit_rows) {
     Logits logits;
     {
       py::gil_scoped_release release;
       std::lock_guard<std::mutex> lock(mu_);
-      logits = model_.BatchPrefill(seq_ids, token_ids);
+      logits = model_.BatchPrefill(seq_ids, token_ids, logit_rows);
     }
     return ToNumpy(std::move(logits));
   }
@@ -401,7 +402,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("fork_pos") = -1, release())
       .def("popn", &PyModel::PopN, py::arg("seq_id"), py::arg("n"), release())
       .def_property_readonly("free_pages", &PyModel::FreePages)
-      .def("prefill", &PyModel::Prefill, py::arg("seq_ids"), py::arg("token_ids"))
+      // logit_rows: sequence i returns the logits of its last logit_rows[i] tokens (default: 1);
+      // their total is bounded by the compiled max_batch_size (echo's prompt logprobs, tvmlm.eval).
+      .def("prefill", &PyModel::Prefill, py::arg("seq_ids"), py::arg("token_ids"),
+           py::arg("logit_rows") = std::vector<int64_t>{})
       .def("decode", &PyModel::Decode, py::arg("seq_ids"), py::arg("token_ids"));
 
   RegisterConstraintBindings(m);

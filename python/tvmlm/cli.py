@@ -4,6 +4,7 @@
     tvmlm chat                                       # a REPL (empty line or Ctrl-D ends it)
     tvmlm complete "Once upon a time" --max-tokens 32
     tvmlm serve [MODEL] --port 8000                  # an OpenAI-compatible HTTP server
+    tvmlm eval model.gguf --tokens 2048 --ctx 512    # perplexity / KL against float32
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     bench = sub.add_parser("bench", help="benchmark tvmlm against peers (see python -m tvmlm.bench --help)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    from .eval.__main__ import parser as eval_parser
+
+    evaluate = eval_parser()
+    sub.add_parser("eval", parents=[evaluate], add_help=False, help="perplexity and KL against float32",
+                   description=evaluate.description)
     return parser
 
 
@@ -109,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.__main__ import main as bench_main
 
         return bench_main(args.args)
+    if args.command == "eval":
+        from .eval.__main__ import run as eval_run
+
+        return eval_run(args)
     if args.command == "serve":
         from .server.cli import main as serve_main
 
