@@ -64,6 +64,30 @@ def test_results_equal_the_blocking_engine(aengine, tiny_engine):
     assert [r.choices[0].text for r in texts] == want
 
 
+def test_prompt_list_is_one_batch_like_the_blocking_engine(aengine, tiny_engine):
+    prompts = ["the lighthouse keeper", "once upon a time", "a computer program"]
+    kw = dict(max_tokens=6, n=2, **GREEDY)
+    want = tiny_engine.completions.create(prompt=prompts, **kw)
+
+    async def run():
+        whole = await aengine.completions.create(prompt=prompts, **kw)
+        stream = await aengine.completions.create(prompt=prompts, stream=True, **kw)
+        chunks = [c async for c in stream]
+        cut = await aengine.completions.create(prompt=prompts, stream=True, max_tokens=3000, ignore_eos=True)
+        async for _ in cut:
+            break
+        await cut.aclose()  # every prompt of the batch is aborted, not just the first
+        await until_idle(aengine)
+        return whole, chunks
+
+    whole, chunks = asyncio.run(run())
+    assert [(c.index, c.text) for c in whole.choices] == [(c.index, c.text) for c in want.choices]
+    assert whole.usage.prompt_tokens == want.usage.prompt_tokens and whole.usage.completion_tokens == 36
+    streamed = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(6)}
+    assert streamed == {c.index: c.text for c in want.choices}
+    assert not aengine.generator.request_groups
+
+
 def test_the_event_loop_is_never_blocked(aengine):
     """32 streams at once: a ticker keeps ticking, and one waiter thread serves them all."""
     threads_before = threading.active_count()

@@ -260,41 +260,51 @@ def _token_texts(generator: Generator) -> TokenTexts:
     return texts
 
 
-def _respond(generator: Generator, prepared: Prepared):
+def start_requests(generator: Generator, prepared: Prepared, notify: bool = False) -> list[Request]:
+    """Queue every prompt of a prepared request (one, or a completion batch), all or none.
+
+    A single prompt's request id is the response id; prompt i of a batch is `<response id>-i`, and
+    the response id names the group, so `abort(response id)` stops them all."""
     shaper, batch = prepared.shaper, prepared.batch or [prepared.prompt_ids]
     ids = [shaper.id] if len(batch) == 1 else [f"{shaper.id}-{i}" for i in range(len(batch))]
     requests: list[Request] = []
     try:
         for prompt_ids, request_id in zip(batch, ids):
             requests.append(generator.start(prompt_ids, prepared.req, grammar=prepared.grammar,
-                                            request_id=request_id))
+                                            notify=notify, request_id=request_id))
     except BaseException:
         for queued in requests:
             queued.close()
         raise
     if len(requests) > 1:
         generator.request_groups[shaper.id] = ids
-    if prepared.req.stream:
-        return _stream(generator, requests, shaper)
-    try:
-        outputs = [out for i, r in enumerate(requests) for out in _numbered(r.outputs(), i, shaper.n)]
-        return shaper.whole(outputs, requests[0].timing)
-    finally:
-        generator.request_groups.pop(shaper.id, None)
+    return requests
 
 
-def _numbered(outputs: Iterator[Output], prompt: int, n: int) -> Iterator[Output]:
+def numbered(outputs: Iterator[Output], prompt: int, n: int) -> Iterator[Output]:
     """Outputs of prompt `prompt` of a batch, their index made the batch's choice index."""
     for out in outputs:
         out.index += prompt * n
         yield out
 
 
+def _respond(generator: Generator, prepared: Prepared):
+    shaper = prepared.shaper
+    requests = start_requests(generator, prepared)
+    if prepared.req.stream:
+        return _stream(generator, requests, shaper)
+    try:
+        outputs = [out for i, r in enumerate(requests) for out in numbered(r.outputs(), i, shaper.n)]
+        return shaper.whole(outputs, requests[0].timing)
+    finally:
+        generator.request_groups.pop(shaper.id, None)
+
+
 def _stream(generator: Generator, requests: list[Request], shaper: ChatShaper | CompletionShaper) -> Iterator[Any]:
     streams = [r.outputs() for r in requests]
     try:
         for i, outputs in enumerate(streams):
-            for out in _numbered(outputs, i, shaper.n):
+            for out in numbered(outputs, i, shaper.n):
                 yield from shaper.chunks(out)
         yield from shaper.end(requests[0].timing)
     finally:

@@ -24,7 +24,6 @@ from typing import Any, AsyncIterator
 
 from . import api, protocol
 from .engine import Engine
-from .errors import RequestError
 from .generation import Output, Request
 
 
@@ -77,13 +76,13 @@ class AsyncEngine(Engine):
                 except RuntimeError:  # that loop is closed: nobody waits there any more
                     pass
 
-    def _start(self, prepared: api.Prepared) -> Request:
-        if prepared.batch is not None and len(prepared.batch) > 1:
-            raise RequestError("a list of prompts is served by Engine.completions; AsyncEngine takes one prompt")
-        request = self.generator.start(prepared.prompt_ids, prepared.req, grammar=prepared.grammar, notify=True,
-                                       request_id=prepared.shaper.id)
-        self._ready_events[request.request_id] = (asyncio.get_running_loop(), asyncio.Event())
-        return request
+    def _start(self, prepared: api.Prepared) -> list[Request]:
+        """Queue the prompt(s), each with the event its task waits on."""
+        requests = api.start_requests(self.generator, prepared, notify=True)
+        loop = asyncio.get_running_loop()
+        for request in requests:
+            self._ready_events[request.request_id] = (loop, asyncio.Event())
+        return requests
 
     async def _outputs(self, request: Request) -> AsyncIterator[Output]:
         """The async twin of `Request.outputs`: same `feed`, awaited instead of blocking."""
@@ -98,11 +97,14 @@ class AsyncEngine(Engine):
                 for out in request.feed(deltas):
                     yield out
         finally:
-            self._finish(request)
+            self._finish([request])
 
-    def _finish(self, request: Request) -> None:
-        request.close()  # aborts in the core unless every choice finished
-        self._ready_events.pop(request.request_id, None)
+    def _finish(self, requests: list[Request]) -> None:
+        for request in requests:
+            request.close()  # aborts in the core unless every choice finished
+            self._ready_events.pop(request.request_id, None)
+        if len(requests) > 1:  # a batch's group id is its response id, "<id>-<i>" minus the suffix
+            self.generator.request_groups.pop(requests[0].request_id.rpartition("-")[0], None)
 
 
 def _set_all(events: list[asyncio.Event]) -> None:
@@ -116,9 +118,9 @@ class AsyncStream:
     `aclose()` (or leaving an `async with`) before the end aborts the request. `usage` holds the
     token counts so far and, once finished, the latencies (usage.extra)."""
 
-    def __init__(self, engine: AsyncEngine, request: Request, shaper: Any) -> None:
-        self._engine, self._request, self._shaper = engine, request, shaper
-        self._chunks = _chunks(engine, request, shaper)  # holds no reference back: `del` finalizes
+    def __init__(self, engine: AsyncEngine, requests: list[Request], shaper: Any) -> None:
+        self._engine, self._requests, self._shaper = engine, requests, shaper
+        self._chunks = _chunks(engine, requests, shaper)  # holds no reference back: `del` finalizes
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -128,7 +130,7 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
-        self._engine._finish(self._request)  # also when iteration never started
+        self._engine._finish(self._requests)  # also when iteration never started
 
     close = aclose
 
@@ -139,7 +141,7 @@ class AsyncStream:
         await self.aclose()
 
     def __del__(self) -> None:  # dropped without aclose: abort unless finished, forget its event
-        self._engine._finish(self._request)
+        self._engine._finish(self._requests)
 
     @property
     def response_id(self) -> str:
@@ -147,24 +149,35 @@ class AsyncStream:
 
     @property
     def usage(self) -> protocol.CompletionUsage:
-        return self._shaper.usage(self._request.timing)
+        return self._shaper.usage(self._requests[0].timing)
 
 
-async def _chunks(engine: AsyncEngine, request: Request, shaper: Any):
-    async for out in engine._outputs(request):
-        for chunk in shaper.chunks(out):
-            yield chunk
-    for chunk in shaper.end(request.timing):
+async def _chunks(engine: AsyncEngine, requests: list[Request], shaper: Any):
+    for i, request in enumerate(requests):  # all run in the core at once; streamed prompt by prompt
+        async for out in engine._outputs(request):
+            for chunk in shaper.chunks(_renumber(out, i, shaper.n)):
+                yield chunk
+    for chunk in shaper.end(requests[0].timing):
         yield chunk
 
 
+def _renumber(out: Output, prompt: int, n: int) -> Output:
+    """Choice j of prompt i of a batch is the response's choice i * n + j."""
+    out.index += prompt * n
+    return out
+
+
 async def _respond(engine: AsyncEngine, prepared: api.Prepared):
-    request = engine._start(prepared)
+    requests = engine._start(prepared)
     shaper = prepared.shaper
     if prepared.req.stream:
-        return AsyncStream(engine, request, shaper)
-    outputs = [out async for out in engine._outputs(request)]
-    return shaper.whole(outputs, request.timing)
+        return AsyncStream(engine, requests, shaper)
+    try:
+        outputs = [_renumber(out, i, shaper.n) for i, request in enumerate(requests)
+                   async for out in engine._outputs(request)]
+    finally:
+        engine._finish(requests)  # a cancelled task aborts the prompts it did not reach
+    return shaper.whole(outputs, requests[0].timing)
 
 
 class _AsyncChatCompletions:
