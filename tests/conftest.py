@@ -51,6 +51,8 @@ TINY_MODELS = {
         sliding_window=8, original_max_position_embeddings=512,
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
                          "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5], "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})),
+    # Rows of 256 and 512 values: the K-quants' super-block (test_quant.py's mixed-type GGUF)
+    "llama-256": dict(arch="llama", hidden_size=256, intermediate_size=512),
     # A 4096-token window for the scheduler tests' 2000-token prompts.
     "llama-4k": dict(arch="llama", max_position_embeddings=4096, seed=1),
 }

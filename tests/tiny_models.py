@@ -222,7 +222,7 @@ _BLOCK = {
 }
 # Python gguf cannot quantize K-quants; for those we write random blocks with sane fp16 scales
 # (byte offset of each fp16 field in a block). The weights are then no longer the HF model's.
-_KQUANT_F16_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+_KQUANT_F16_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 def _gguf_name(hf_name: str) -> str:
@@ -247,11 +247,13 @@ def make_gguf_model(
     pre: str = "default",
     seed: int = 0,
     vocab: str = "bpe",
+    kquant_scale: tuple[float, float] = (0.001, 0.01),
 ) -> Path:
     """Convert a tiny HF model dir (from `make_hf_model`) into a GGUF file the way llama.cpp would.
 
     `tensor_type` is a GGML type name for all 2-D weights, or a function (gguf_name, shape) -> name;
-    1-D tensors stay F32. Q4_K/Q5_K/Q6_K tensors get random content (see `_KQUANT_F16_FIELDS`).
+    1-D tensors stay F32. Q2_K..Q6_K tensors get random content (see `_KQUANT_F16_FIELDS`), their
+    float16 super-block scales drawn from `kquant_scale`.
     `vocab` "spm" writes a SentencePiece vocabulary of the same size (tiny_vocabs.py) instead of
     the HF directory's byte-level BPE.
     """
@@ -284,7 +286,7 @@ def make_gguf_model(
         add_sentencepiece_vocab(w, cfg["vocab_size"], "gemma" if arch == "gemma3" else "llama")
     else:
         _add_bpe_vocab(w, hf_dir, cfg, pre)
-    _write_tensors(w, hf_dir, arch, cfg, tensor_type, np.random.default_rng(seed))
+    _write_tensors(w, hf_dir, arch, cfg, tensor_type, np.random.default_rng(seed), kquant_scale)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -320,7 +322,7 @@ def _add_bpe_vocab(w, hf_dir: Path, cfg: dict, pre: str) -> None:
         w.add_chat_template(tpl)
 
 
-def _write_tensors(w, hf_dir: Path, arch: str, cfg: dict, tensor_type, rng) -> None:
+def _write_tensors(w, hf_dir: Path, arch: str, cfg: dict, tensor_type, rng, kquant_scale=(0.001, 0.01)) -> None:
     import gguf
     from safetensors.numpy import load_file
     from tiny_archs import convert_tensor, gguf_tensor_name
@@ -343,19 +345,19 @@ def _write_tensors(w, hf_dir: Path, arch: str, cfg: dict, tensor_type, rng) -> N
         if qname == "F32":
             w.add_tensor(name, t)
         elif qname in _KQUANT_F16_FIELDS:
-            w.add_tensor(name, _random_kquant(t.shape, qtype, rng), raw_dtype=qtype)
+            w.add_tensor(name, _random_kquant(t.shape, qtype, rng, kquant_scale), raw_dtype=qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
 
 
-def _random_kquant(shape: tuple, qtype, rng) -> np.ndarray:
+def _random_kquant(shape: tuple, qtype, rng, scale: tuple[float, float] = (0.001, 0.01)) -> np.ndarray:
     import gguf
 
     block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
     rows, cols = int(np.prod(shape[:-1])), shape[-1]
     assert cols % block == 0, f"{qtype.name} needs rows of a multiple of {block} values, got {cols}"
     blocks = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
-    scales = rng.uniform(0.001, 0.01, size=(rows, cols // block)).astype(np.float16).view(np.uint8)
+    scales = rng.uniform(*scale, size=(rows, cols // block)).astype(np.float16).view(np.uint8)
     for off in _KQUANT_F16_FIELDS[qtype.name]:
         blocks[..., off : off + 2] = scales.reshape(rows, cols // block, 2)
     return blocks.reshape(*shape[:-1], cols // block * nbytes)

@@ -61,8 +61,9 @@ class CompileOptions:
     dtype: str | None = "float32"
     prefill_chunk_size: int | None = None  # None: the model's default
     max_batch_size: int = 128
-    # Weight formats kept packed ({"linear", "embed", "lm_head"} -> f32/q4_1/q8_0), as a sorted tuple
-    # of pairs so the options stay hashable; empty = all f32.
+    # Weight formats kept packed ({"linear", "embed", "lm_head"} -> f32/q4_1/q8_0, plus per-tensor
+    # entries "model.layers.<i>.<linear>.weight" -> format where a GGUF file mixes block types), as a
+    # sorted tuple of pairs so the options stay hashable (and part of the cache key); empty = all f32.
     weight_formats: tuple[tuple[str, str], ...] = ()
     # CPU with AVX-512 VNNI or AVX2: packed-weight matmuls quantize activations to int8 per 32-element
     # block, as llama.cpp does (~3x faster); False keeps the exact float32-dequantize kernels.
@@ -292,8 +293,8 @@ def prepare_package(
     if (note := widening_note(loaded, options)) is not None:
         logger.warning(note)
     if not options.weight_formats and (options.quantization is not None or loaded.packed_formats):
-        # Asked-for group quantization, else block-quantized weights (GGUF Q4_0/Q4_1/Q8_0) stay
-        # packed: 4-6x fewer bytes per token.
+        # Asked-for group quantization, else block-quantized GGUF weights stay packed, tensor by
+        # tensor (weights/gguf_blocks.py): 4-6x fewer bytes per token.
         from dataclasses import replace
 
         from .models.convert import plan_weight_formats, quantization_formats

@@ -89,7 +89,8 @@ class EngineConfig:
         (float32 sums); otherwise attention computes in float32. Applied when the model is compiled.
     quantization: weights kept group-quantized (32-element blocks, float16 scales, llama.cpp's
         layouts): "q4_1" (linears 4-bit, embeddings q8_0) or "q8_0"; "none" keeps float weights.
-        Default: a GGUF's Q4_0/Q4_1/Q8_0 blocks stay as they are, float weights stay float.
+        Default: a GGUF's quantized tensors stay packed, each in its own layout (Q4_0/Q4_1/Q4_K
+        as q4_1, other types as q8_0), float weights stay float.
         Applied when the model is compiled (part of the compile cache key).
     """
 

@@ -78,6 +78,8 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
     cfg.linear_format = formats.get("linear", "f32")
     cfg.embed_format = formats.get("embed", "f32")
     cfg.lm_head_format = formats.get("lm_head", "f32")
+    # per-tensor entries (convert.plan_weight_formats): decoder linears that differ from "linear"
+    cfg.linear_formats = {k: v for k, v in formats.items() if k not in ("linear", "embed", "lm_head")}
     tvm_target = make_target(device_kind, target)
     from . import cpu_int8_matmul, x86_bf16
 
@@ -128,7 +130,8 @@ def build_module(hf_config: dict[str, Any], device_kind: str, target: dict[str, 
         "target_json": json.loads(json.dumps(dict(tvm_target.export()), default=str)),
         "tvmlm_version": __version__,
         "params": params,
-        "weight_formats": {"linear": cfg.linear_format, "embed": cfg.embed_format, "lm_head": cfg.lm_head_format},
+        "weight_formats": {"linear": cfg.linear_format, "embed": cfg.embed_format, "lm_head": cfg.lm_head_format,
+                           **cfg.linear_formats},
         "params_bytes": int(sum(int(np.prod(p["shape"])) * _DTYPE_BYTES[p["dtype"]] for p in params)),
     }
     bb = relax.BlockBuilder(mod)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,24 +20,45 @@ HALF_FORMATS = ("bf16", "f16")
 LINEAR_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def plan_weight_formats(cfg: LlamaConfig, packed_formats: dict[str, str], dtype: str = "float32") -> dict[str, str]:
-    """Which weights stay packed: {"linear", "embed", "lm_head"} -> "f32" | "q4_1" | "q8_0".
+# The module's fused linears and the HF weights each is made of (convert_hf_tensors).
+FUSED_LINEARS = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+_FUSED_OF = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+# Of two packed layouts in one fused weight, the parts of the narrower are requantized to the wider.
+_WIDTH = {"q4_1": 0, "q8_0": 1}
 
-    The decoder's linears share one format, so they stay packed only when every one of them is
-    stored in the same packed format (otherwise all are dequantized to f32). Packed weights need
-    float32 activations.
+
+def plan_weight_formats(cfg: LlamaConfig, packed_formats: dict[str, str], dtype: str = "float32") -> dict[str, str]:
+    """Which weights stay packed, tensor by tensor: {"linear", "embed", "lm_head"} -> "f32" | "q4_1"
+    | "q8_0", plus "model.layers.<i>.<fused linear>.weight" -> format for each decoder linear whose
+    format is not the "linear" one (the most common).
+
+    A fused linear (qkv, gate_up) is packed when all its parts are, in the widest of their
+    layouts (q8_0 over q4_1); a part stored in float keeps the whole fused weight float. Packed
+    weights need float32 activations.
     """
     if dtype != "float32":
         return {"linear": "f32", "embed": "f32", "lm_head": "f32"}
-    names = [
-        f"model.layers.{i}.{'self_attn' if part in ('q_proj', 'k_proj', 'v_proj', 'o_proj') else 'mlp'}.{part}.weight"
-        for i in range(cfg.num_hidden_layers)
-        for part in LINEAR_PARTS
-    ]
-    linear = {packed_formats.get(n, "f32") for n in names}
+    per_linear = {}
+    for i in range(cfg.num_hidden_layers):
+        for fused, parts in FUSED_LINEARS.items():
+            name = f"model.layers.{i}.{fused}.weight"
+            if name in packed_formats:  # stored fused (Phi-3's GGUF attn_qkv, ffn_up)
+                fmts = [packed_formats[name]]
+            else:
+                fmts = [packed_formats.get(f"model.layers.{i}.{part}.weight", "f32") for part in parts]
+            per_linear[name] = "f32" if "f32" in fmts else max(fmts, key=_WIDTH.__getitem__)
+    counts = collections.Counter(per_linear.values())
+    linear = max(counts, key=lambda f: (counts[f], f)) if counts else "f32"  # ties: a fixed choice
     embed = packed_formats.get("model.embed_tokens.weight", "f32")
     lm_head = embed if cfg.tie_word_embeddings else packed_formats.get("lm_head.weight", "f32")
-    return {"linear": linear.pop() if len(linear) == 1 else "f32", "embed": embed, "lm_head": lm_head}
+    plan = {"linear": linear, "embed": embed, "lm_head": lm_head}
+    plan.update({name: fmt for name, fmt in per_linear.items() if fmt != linear})
+    return plan
 
 
 def quantization_formats(cfg: LlamaConfig, quantization: str, dtype: str = "float32") -> dict[str, str]:
@@ -53,6 +75,11 @@ def quantization_formats(cfg: LlamaConfig, quantization: str, dtype: str = "floa
 
 def _planned_format(name: str, formats: dict[str, str]) -> str:
     """The planned format of a weight, by its HF name or its converted (fused qkv / gate_up) name."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] in _FUSED_OF:  # an HF part: its fused weight's format
+        name = ".".join(parts[:-2] + [_FUSED_OF[parts[-2]], parts[-1]])
+    if name in formats:  # a per-tensor entry
+        return formats[name]
     if name == "model.embed_tokens.weight":
         return formats.get("embed", "f32")
     if name == "lm_head.weight":
@@ -68,10 +95,13 @@ def keep_packed_predicate(formats: dict[str, str]):
 
 
 def _concat(parts: list) -> Any:
-    """Row-concatenate dense arrays or packed weights of one format (a fused projection)."""
-    if all(isinstance(p, PackedWeight) for p in parts) and len({p.fmt for p in parts}) == 1:
+    """Row-concatenate dense arrays or packed weights (a fused projection); packed parts in two
+    layouts all go to the wider one (a Q4_K q_proj beside a Q6_K v_proj: q8_0)."""
+    if all(isinstance(p, PackedWeight) for p in parts):
+        fmt = max((p.fmt for p in parts), key=_WIDTH.__getitem__)
+        parts = [p if p.fmt == fmt else PackedWeight.quantize(fmt, p.dequantize()) for p in parts]
         mins = None if parts[0].min is None else np.concatenate([p.min for p in parts])
-        return PackedWeight(parts[0].fmt, np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]), mins)
+        return PackedWeight(fmt, np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]), mins)
     return np.concatenate([p.dequantize() if isinstance(p, PackedWeight) else p for p in parts], axis=0)
 
 
@@ -134,7 +164,7 @@ def convert_params(loaded, metadata: dict[str, Any], out_path: Path, *, progress
         for name, weight in convert_hf_tensors(cfg, loaded.tensors(keep) if keep else loaded.tensors()):
             planned = _planned_format(name, formats)
             if isinstance(weight, PackedWeight) and weight.fmt != planned:
-                weight = weight.dequantize()  # e.g. Q4_0 linears next to Q8_0 ones: all go through float
+                weight = weight.dequantize()  # a plan that differs from the source's: through float
             if not isinstance(weight, PackedWeight) and planned not in ("f32", *HALF_FORMATS):
                 weight = PackedWeight.quantize(planned, weight)  # float source: group-quantize now
             if isinstance(weight, PackedWeight):

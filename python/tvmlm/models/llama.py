@@ -32,6 +32,13 @@ def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bia
         return HalfLinear(in_features, out_features, fmt, bias=bias)
     return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows)
 
+
+def _format(cfg: LlamaConfig, name: str) -> str:
+    """The format planned for decoder linear `name`: the model's linear format unless listed per
+    tensor (a GGUF file mixes block types, weights/gguf_blocks.py)."""
+    return cfg.linear_formats.get(name, cfg.linear_format)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, layer_id: int):
         self.cfg = cfg
@@ -43,8 +50,9 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         qkv_rows = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = _linear(cfg, cfg.hidden_size, qkv_rows, cfg.linear_format, bias=cfg.attention_bias)
-        self.o_proj = _linear(cfg, self.num_heads * self.head_dim, cfg.hidden_size, cfg.linear_format)
+        prefix = f"model.layers.{layer_id}.self_attn"
+        self.qkv_proj = _linear(cfg, cfg.hidden_size, qkv_rows, _format(cfg, f"{prefix}.qkv_proj.weight"), bias=cfg.attention_bias)
+        self.o_proj = _linear(cfg, self.num_heads * self.head_dim, cfg.hidden_size, _format(cfg, f"{prefix}.o_proj.weight"))
         self.qk_norm = cfg.qk_norm
         self.kv_dtype = cfg.kv_dtype
         if cfg.qk_norm:
@@ -71,11 +79,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, layer_id: int):
         self.intermediate_size = cfg.intermediate_size
         self.act = cfg.hidden_act
-        self.gate_up_proj = _linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.linear_format)
-        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.linear_format)
+        prefix = f"model.layers.{layer_id}.mlp"
+        self.gate_up_proj = _linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, _format(cfg, f"{prefix}.gate_up_proj.weight"))
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, _format(cfg, f"{prefix}.down_proj.weight"))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(_act_mul(self.gate_up_proj(x), self.intermediate_size, self.act))
@@ -104,7 +113,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = norm()
         self.self_attn = Attention(cfg, layer_id)
         self.post_attention_layernorm = norm()
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, layer_id)
         self.sandwich = cfg.sandwich_norm
         if cfg.sandwich_norm:  # Gemma: post_attention_layernorm normalizes the attention output
             self.pre_feedforward_layernorm = norm()

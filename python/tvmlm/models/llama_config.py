@@ -51,6 +51,9 @@ class LlamaConfig:
     linear_format: str = "f32"
     embed_format: str = "f32"
     lm_head_format: str = "f32"
+    # Per-tensor exceptions to linear_format, by parameter name ("model.layers.3.mlp.down_proj.weight"):
+    # a GGUF file mixes block types tensor by tensor (weights/gguf_blocks.py).
+    linear_formats: dict[str, str] = dataclasses.field(default_factory=dict)
     # Packed weights in the row-interleaved layout of the int8 CPU kernels (models/quant.py).
     interleave_rows: bool = False
     hidden_act: str = "silu"  # of the gated MLP: silu (SwiGLU) or gelu_pytorch_tanh (GeGLU)

@@ -4,6 +4,7 @@ rebuilt from `tokenizer.ggml.*` metadata with the `tokenizers` library."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,13 +14,15 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from ..models.packed import PackedWeight
+from . import gguf_blocks
 from .check_gguf import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
 from .gguf_archs import HF_ARCH as _OTHER_HF_ARCH
 from .gguf_archs import arch_config, hf_value
 from .types import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel
+
+logger = logging.getLogger(__name__)
 
 # Types we dequantize (all through gguf.quants); others fail at load() with a clear message.
 SUPPORTED_TENSOR_TYPES = (
@@ -98,11 +101,7 @@ def load_gguf(path: Path) -> LoadedModel:
         path=str(path),
         _iter_tensors=lambda keep_packed=None: _iter_tensors(reader, config, arch, keep_packed),
         _write_tokenizer=lambda out: write_tokenizer_dir(meta, config, out),
-        packed_formats={
-            hf_tensor_name(t.name, arch): _PACKED[t.tensor_type]
-            for t in reader.tensors
-            if t.tensor_type in _PACKED and len(t.shape) == 2
-        },
+        packed_formats=_packed_formats(reader, arch),
     )
 
 
@@ -189,22 +188,25 @@ def _unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# GGUF block types that stay packed on request, and the tvmlm format they map onto exactly.
-_PACKED = {
-    QT.Q4_0: "q4_1",
-    QT.Q4_1: "q4_1",
-    QT.Q8_0: "q8_0",
-}
+def _numpy_shape(t) -> tuple[int, ...]:
+    # GGUF lists dims fastest-first (ne0 = row length); numpy wants them reversed.
+    return tuple(int(d) for d in reversed(t.shape.tolist()))
 
 
-def _packed(t) -> PackedWeight:
-    """Split GGUF blocks into tvmlm's packed arrays (copies: the file is memory-mapped)."""
-    rows = int(t.shape[1])
-    blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, -1, _BLOCK_BYTES[t.tensor_type])
-    return PackedWeight.from_blocks(t.tensor_type.name, blocks)
-
-
-_BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
+def _packed_formats(reader: GGUFReader, arch: str) -> dict[str, str]:
+    """hf_name -> the packed layout (q4_1 / q8_0) each block-quantized 2-D tensor repacks to
+    (weights/gguf_blocks.py); a quantized tensor that cannot stay packed is logged with the reason."""
+    formats = {}
+    for t in reader.tensors:
+        name = hf_tensor_name(t.name, arch)
+        if name is None or t.tensor_type in (QT.F32, QT.F16, QT.BF16) or len(t.shape) != 2:
+            continue
+        fmt, why = gguf_blocks.packed_format(t.tensor_type, _numpy_shape(t), t.data)
+        if fmt is None:
+            logger.warning("GGUF tensor %s (%s) is dequantized to float32: %s", t.name, t.tensor_type.name, why)
+        else:
+            formats[name] = fmt
+    return formats
 
 
 def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None) -> Iterator[tuple[str, Any]]:
@@ -215,12 +217,13 @@ def _iter_tensors(reader: GGUFReader, config: dict, arch: str, keep_packed=None)
         # Only llama-arch files were permuted (qwen2/qwen3 use HF's rope layout in llama.cpp).
         permuted = arch == "llama" and (".attn_q." in t.name or ".attn_k." in t.name)
         heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
-        if keep_packed is not None and t.tensor_type in _PACKED and len(t.shape) == 2 and keep_packed(name):
-            w = _packed(t)
-            yield name, w.map_rows(lambda a: np.ascontiguousarray(_unpermute_rope(a, heads))) if permuted else w
-            continue
-        # GGUF lists dims fastest-first (ne0 = row length); numpy wants them reversed.
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = _numpy_shape(t)
+        if keep_packed is not None and t.tensor_type in gguf_blocks.LAYOUT and len(shape) == 2 and keep_packed(name):
+            fmt, _ = gguf_blocks.packed_format(t.tensor_type, shape, t.data)
+            if fmt is not None:
+                w = gguf_blocks.repack(t.tensor_type, t.data, shape[0], shape[1], fmt)
+                yield name, w.map_rows(lambda a: np.ascontiguousarray(_unpermute_rope(a, heads))) if permuted else w
+                continue
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         if permuted:
             w = _unpermute_rope(w, heads)
