@@ -96,7 +96,8 @@ def test_float32_tiny_model_matches_transformers(tiny_package, tiny_model_dir, t
 
 @pytest.mark.slow
 def test_smollm2_q4_1_against_llama_cpp(smollm2_path):
-    """The shipped Q4_1 file: tvmlm's KL against float32 is small and not above llama.cpp's."""
+    """The shipped Q4_1 file, two 128-token windows: tvmlm's KL against float32 is small and at
+    most 10% above llama.cpp's (measured: 0.0170 vs 0.0166). docs/quality.md has the full run."""
     pytest.importorskip("llama_cpp")
     from tvmlm.eval import evaluate_file
 
