@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, ClassVar, Literal, Mapping, Optional, Self, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Optional, Sequence, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
                       StrictStr, ValidationError, field_validator, model_validator)
@@ -33,6 +33,9 @@ from .errors import RequestError
 from .protocol_structured import (AssistantToolCall, ChoiceDeltaToolCall, ResponseFormat, ToolCall,
                                   ToolChoice, ToolParam)
 from .request_limits import check_values, to_int64
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; annotations are strings here (__future__)
+    from typing_extensions import Self
 
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 MAX_STOP_STRINGS = 16
