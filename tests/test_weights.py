@@ -312,6 +312,15 @@ def test_error_unsupported_gguf_architecture(tmp_path):
         load(p)
 
 
+def test_every_gguf_architecture_maps_to_a_supported_hf_one():
+    """One table per fact: the model definition's architectures, the GGUF names mapped onto them."""
+    from tvmlm.models.llama_config import SUPPORTED_ARCHITECTURES as MODEL_ARCHITECTURES
+    from tvmlm.weights.gguf_archs import HF_ARCH
+
+    assert SUPPORTED_ARCHITECTURES == tuple(MODEL_ARCHITECTURES)
+    assert {hf_arch for _, hf_arch in HF_ARCH.values()} <= set(SUPPORTED_ARCHITECTURES)
+
+
 def test_error_unsupported_gguf_quant_type(tmp_path):
     import gguf
 

@@ -18,7 +18,7 @@ from . import gguf_blocks
 from .check_gguf import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
-from .gguf_archs import HF_ARCH as _OTHER_HF_ARCH
+from .gguf_archs import HF_ARCH as _HF_ARCH
 from .gguf_archs import arch_config, hf_value
 from .types import SUPPORTED_GGUF_ARCHITECTURES, LoadedModel
 
@@ -30,13 +30,6 @@ SUPPORTED_TENSOR_TYPES = (
     QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
     QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K,
 )  # fmt: skip
-
-_HF_ARCH = {
-    "llama": ("llama", "LlamaForCausalLM"),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-    **_OTHER_HF_ARCH,
-}
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",

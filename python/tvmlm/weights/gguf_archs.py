@@ -1,5 +1,6 @@
-"""GGUF architectures beyond the Llama layout: Gemma 3 and Phi-3 (tensor names, config keys and
-tensor values as llama.cpp's converter writes them, mapped back to Hugging Face's)."""
+"""The GGUF architectures tvmlm reads, and what Gemma 3 and Phi-3 add to the Llama layout (tensor
+names, config keys and tensor values as llama.cpp's converter writes them, mapped back to Hugging
+Face's)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-# general.architecture -> (HF model_type, HF architecture)
+# general.architecture -> (HF model_type, HF architecture): the GGUF files tvmlm reads
 HF_ARCH = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
     "phi3": ("phi3", "Phi3ForCausalLM"),
 }

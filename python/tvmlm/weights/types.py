@@ -8,17 +8,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-# HF `architectures[0]` values the model definitions in tvmlm.models implement.
-SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "MistralForCausalLM",
-    "Gemma3ForCausalLM",
-    "Phi3ForCausalLM",
-)
-# `general.architecture` values of GGUF files we can map to the HF names above.
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+from ..models.llama_config import SUPPORTED_ARCHITECTURES as _MODEL_ARCHITECTURES
+from .gguf_archs import HF_ARCH as GGUF_HF_ARCH
+
+# HF `architectures[0]` values the model definition implements (its table, models/llama_config.py).
+SUPPORTED_ARCHITECTURES = tuple(_MODEL_ARCHITECTURES)
+# `general.architecture` values of GGUF files mapped to those names (the table in gguf_archs.py).
+SUPPORTED_GGUF_ARCHITECTURES = tuple(GGUF_HF_ARCH)
 
 
 @dataclasses.dataclass
