@@ -31,6 +31,14 @@ def lowered(tmp_path_factory):
         return built, relax_pipeline(built.target)(built.mod)
 
 
+def test_library_exports_the_contract_functions_only(lowered):
+    built, _ = lowered
+    names = {gv.name_hint for gv, f in built.mod.functions_items() if isinstance(f, relax.Function)}
+    # docs/contracts.md; a one-sequence prefill is batch_prefill, so no separate `prefill` is compiled
+    assert {"embed", "decode", "batch_prefill", "batch_decode", "create_paged_kv_cache"} <= names
+    assert "prefill" not in names
+
+
 def test_decode_functions_replay_cuda_graphs(lowered):
     built, mod = lowered
     layers = built.metadata["num_hidden_layers"]

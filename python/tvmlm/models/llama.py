@@ -2,8 +2,8 @@
 
 Covers Llama (GQA, tied or untied embeddings, rope_theta, Llama-3 rope scaling), Qwen2 (q/k/v bias),
 Qwen3 (q/k RMSNorm) and Mistral (explicit head_dim). The exported functions follow the library
-contract in docs/contracts.md: embed, prefill, decode, batch_prefill, batch_decode,
-create_paged_kv_cache.
+contract in docs/contracts.md: embed, decode, batch_prefill, batch_decode, create_paged_kv_cache
+(prefill is batch_prefill with one sequence).
 
 Parameters use fused projections (qkv_proj, gate_up_proj) so a decode step runs two GEMVs per
 block instead of five; `convert.convert_hf_tensors` maps Hugging Face names onto them.
@@ -177,10 +177,6 @@ class LlamaForCausalLM(nn.Module):
             embeds = embeds * Tensor.from_scalar(self.cfg.embed_scale, embeds.dtype)
         return embeds
 
-    def prefill(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
-        hidden = self.model(input_embed, paged_kv_cache)
-        return self._logits(_last_token(hidden)), paged_kv_cache
-
     def decode(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
         return self._logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
 
@@ -236,11 +232,6 @@ class LlamaForCausalLM(nn.Module):
         kv = nn.spec.Object(object_type=PagedKVCache)
         spec = {
             "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
-            "prefill": {
-                "input_embed": nn.spec.Tensor([1, "seq_len", h], dtype),
-                "paged_kv_cache": kv,
-                "$": packed,
-            },
             "decode": {
                 "input_embed": nn.spec.Tensor([1, 1, h], dtype),
                 "paged_kv_cache": kv,
@@ -267,16 +258,6 @@ class LlamaForCausalLM(nn.Module):
             },
         }
         return nn.spec.ModuleSpec.from_raw(spec, self)
-
-
-def _last_token(x: Tensor) -> Tensor:
-    """x[:, -1:, :] for a symbolic sequence length."""
-
-    def compute(t: te.Tensor):
-        b, s, d = t.shape
-        return te.compute((b, 1, d), lambda i, _, k: t[i, s - 1, k], name="last_token")
-
-    return op.tensor_expr_op(compute, name_hint="last_token", args=[x])
 
 
 def _current_target():
