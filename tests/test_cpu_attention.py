@@ -8,7 +8,8 @@ tvm = pytest.importorskip("tvm")
 from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu  # noqa: E402
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu  # noqa: E402
 
-from tvmlm.models.cpu_attention import decode_paged_cpu, prefill_paged_cpu, ragged_prefill_cpu  # noqa: E402
+from tvmlm.models.cpu_attention_paged import decode_paged_cpu, prefill_paged_cpu  # noqa: E402
+from tvmlm.models.cpu_attention_ragged import ragged_prefill_cpu  # noqa: E402
 
 _TARGET = {"kind": "llvm", "num-cores": 2}
 

@@ -1,0 +1,223 @@
+"""The paged CPU attention kernels: decode steps, and prefill tokens against keys already in the
+cache's pages (prefix-cache hits, later prefill chunks). cpu_attention.py installs them in place of
+TVM's."""
+
+from __future__ import annotations
+
+from tvm.relax.frontend.nn.llm._kernel_common import _get_seq_offset
+from tvm.script import tirx as T
+
+from .cpu_attention_tir import LOG2E, NEG, in_window, start_online_softmax, tree_sum, vec_len, visible_end, window_begin
+from .fast_math import fast_exp2, reduce_lanes
+
+
+@T.macro
+def attend_pages(q, output, lse, row, b, hk, kbegin, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
+                  G, TK, D, VQ, NQ, page_size, dtype, window):
+    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [kbegin, kend) of
+    sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key's
+    page slot is looked up once for all G heads and for both K and V. Scores and p @ v are vector expressions
+    (no loop-carried memory accumulators). Expands inside the caller's per-task sblock (the scratch buffers)."""
+    qf = T.sblock_alloc_buffer((G, D), "float32")
+    acc = T.sblock_alloc_buffer((G, D), "float32")
+    s = T.sblock_alloc_buffer((G, TK), "float32")
+    m = T.sblock_alloc_buffer((G,), "float32")
+    l = T.sblock_alloc_buffer((G,), "float32")
+    alpha = T.sblock_alloc_buffer((G,), "float32")
+    slot_page = T.sblock_alloc_buffer((TK,), "int32")
+    slot_off = T.sblock_alloc_buffer((TK,), "int32")
+    for g, dd in T.grid(G, D):
+        qf[g, dd] = T.Cast("float32", q[row, hk * G + g, dd]) * T.abs(sm_scale) * LOG2E
+    start_online_softmax(m, l, acc, G, D)
+    for tile in T.serial(kbegin // TK, (T.max(kend, 0) + TK - 1) // TK):
+        k_start: T.let[T.int32] = tile * TK
+        nk: T.let[T.int32] = T.min(TK, kend - k_start)
+        j0: T.let[T.int32] = kbegin - k_start  # keys before it in this tile are outside the window
+        for j in T.serial(TK):
+            # keys past the tile's end repeat its last key (in range); their scores are masked
+            off: T.let[T.int32] = _get_seq_offset(k_start + T.min(j, nk - 1), b, length_info, sliding_window)
+            slot_page[j] = page_values[pg0 + off // page_size]
+            slot_off[j] = off % page_size
+            for g in T.unroll(G):
+                s[g, j] = T.if_then_else(in_window(j, nk, j0, window), reduce_lanes(tree_sum([
+                    qf.vload([g, c * VQ], f"float32x{VQ}")
+                    * T.Cast(f"float32x{VQ}", pages.vload([slot_page[j], 0, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}"))
+                    for c in range(NQ)]), VQ, lambda a, c: a + c), T.float32(-1e30))
+        for g in T.serial(G):
+            tmax: T.let[T.float32] = T.max(m[g], reduce_lanes(s.vload([g, 0], f"float32x{TK}"), TK, T.max))
+            alpha[g] = fast_exp2(m[g] - tmax)
+            m[g] = tmax
+            for j in T.vectorized(TK):
+                s[g, j] = T.if_then_else(in_window(j, nk, j0, window), fast_exp2(s[g, j] - tmax), T.float32(0))
+            l[g] = l[g] * alpha[g] + reduce_lanes(s.vload([g, 0], f"float32x{TK}"), TK, lambda a, c: a + c)
+            for c in T.unroll(NQ):
+                acc[g, T.ramp(c * VQ, 1, VQ)] = tree_sum(
+                    [acc.vload([g, c * VQ], f"float32x{VQ}") * T.broadcast(alpha[g], VQ)]
+                    + [T.broadcast(s[g, j], VQ) * T.Cast(f"float32x{VQ}", pages.vload(
+                        [slot_page[j], 1, hk, slot_off[j], c * VQ], f"{dtype}x{VQ}")) for j in range(TK)])
+    for g in T.serial(G):
+        if kend > kbegin:  # a window can leave a query no key in these pages (a later prefill chunk)
+            for dd in T.vectorized(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
+            lse[row, hk * G + g] = m[g] + T.log2(l[g])
+        else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
+            for dd in T.serial(D):
+                output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
+            lse[row, hk * G + g] = T.float32(NEG)
+
+
+def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16,
+                     window: int = 0):
+    """Drop-in replacement for ``_attention_decode_cpu(h_kv, h_q, d, dtype, sliding_window, ..., page_size)``.
+
+    Parallel over (sequence, kv head); the ``group_size`` query heads of a kv head are scored against each
+    key/value row together (each row is read once per kv head), keys are processed in tiles of ``page_size`` with an
+    online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original."""
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
+
+    G = h_q // h_kv
+    D = d
+    TK = page_size
+    VQ = vec_len(D)
+    NQ = D // VQ
+    global_symbol = "batch_decode_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
+
+    # pylint: disable=too-many-locals,too-many-statements
+    @T.prim_func(s_tir=True)
+    def batch_decode_paged_kv(
+        Q_handle: T.handle,
+        pages_handle: T.handle,
+        page_table_indptr_handle: T.handle,
+        page_table_values_handle: T.handle,
+        var_length_info: T.handle,  # [b] when sliding window = False, or otherwise [3, b]
+        k_rope_pos_offset_handle: T.handle,
+        q_rope_position_handle: T.handle,
+        output_handle: T.handle,
+        lse_handle: T.handle,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": global_symbol})
+        B = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+
+        Q = T.match_buffer(Q_handle, (B, h_q, D), dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, D), dtype)
+        page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
+        output = T.match_buffer(output_handle, (B, h_q, D), dtype)
+        lse = T.match_buffer(lse_handle, (B, h_q), "float32")
+        length_info = _declare_length_info(var_length_info, B, sliding_window, length_info_elem_offset)
+
+        assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
+
+        for p in T.parallel(B * h_kv):
+            with T.sblock("attn"):
+                T.reads()
+                T.writes()
+                b: T.let[T.int32] = p // h_kv
+                hk: T.let[T.int32] = p % h_kv
+                pg0: T.let[T.int32] = page_table_indptr[b]
+                pg1: T.let[T.int32] = page_table_indptr[b + 1]
+                kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
+                kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
+                attend_pages(Q, output, lse, b, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info, sliding_window,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+
+    return batch_decode_paged_kv
+
+
+
+def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16, window: int = 0):
+    """Drop-in replacement for ``_attention_prefill_cpu(h_kv, h_q, d, dtype, sliding_window=False, ...)``: prompt
+    tokens attending to KV already in the cache's pages (prefix-cache hits, later prefill chunks).
+
+    TVM's kernel walks ``max_num_pages * page_size`` rows (every page of the whole cache, not of the
+    sequence) for each query token and head, serially: a 4-token prefix hit took 24 s with a 64-sequence cache.
+    This one runs in parallel over (query token, kv head), visits only the sequence's own keys allowed by
+    the mask, and shares each key/value row among the ``group_size`` query heads of its kv head."""
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
+
+    G = h_q // h_kv
+    D = d
+    TK = page_size
+    VQ = vec_len(D)
+    NQ = D // VQ
+
+    # pylint: disable=too-many-locals,too-many-statements
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv(
+        var_q: T.handle,  # [total_len, h_q, d]
+        var_q_indptr: T.handle,  # [batch_size + 1]
+        var_pages: T.handle,  # [max_num_pages, 2, h_kv, page_size, d]
+        var_page_indptr: T.handle,  # [batch_size + 1]
+        var_page_values: T.handle,  # [nnz_pages]
+        var_length_info: T.handle,  # [b]: last_page_len
+        var_k_rope_pos_offset: T.handle,  # [b]
+        var_q_rope_position: T.handle,  # [total_len]
+        var_output: T.handle,  # [total_len, h_q, d]
+        var_lse: T.handle,  # [total_len, h_q]
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_prefill_paged_kv_cpu"})
+        batch_size = T.int32()
+        total_len = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        q_indptr_elem_offset = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+
+        q = T.match_buffer(var_q, (total_len, h_q, D), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, D), dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)
+        output = T.match_buffer(var_output, (total_len, h_q, D), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
+        length_info = _declare_length_info(var_length_info, batch_size, False, length_info_elem_offset)
+
+        assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
+
+        for p in T.parallel(total_len * h_kv):
+            with T.sblock("attn"):
+                T.reads()
+                T.writes()
+                seq = T.sblock_alloc_buffer((1,), "int32")
+                tok: T.let[T.int32] = p // h_kv
+                hk: T.let[T.int32] = p % h_kv
+                seq[0] = 0
+                for bb in T.serial(batch_size):  # the sequence this token belongs to (batches are small)
+                    if q_indptr[bb] <= tok:
+                        seq[0] = bb
+                b: T.let[T.int32] = seq[0]
+                pg0: T.let[T.int32] = page_indptr[b]
+                pg1: T.let[T.int32] = page_indptr[b + 1]
+                kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, False), 0)
+                qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                row: T.let[T.int32] = tok - q_indptr[b]
+                kend: T.let[T.int32] = visible_end(causal, kv_len, qo_len, row)
+                kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[tok], k_rope_pos_offset[b], window)
+                attend_pages(q, output, lse, tok, b, hk, kbegin, kend, pages, page_values, pg0, length_info, False,
+                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+
+    return batch_prefill_paged_kv
