@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["INT64_MAX", "INT64_MIN", "MAX_DEPTH", "MAX_ITEMS", "MAX_PROMPT_IDS", "MAX_TEXT_CHARS",
-           "UINT64_FIELDS", "UINT64_MAX", "check_values", "to_int64"]
+           "UINT64_FIELDS", "UINT64_MAX", "check_values", "field_path", "to_int64"]
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 #: Fields that take unsigned 64-bit integers.
@@ -39,7 +39,8 @@ def to_int64(value: int) -> int:
     return value - 2**64 if value > INT64_MAX else value
 
 
-def _path(parts: tuple) -> str:
+def field_path(parts: tuple | list) -> str:
+    """("messages", 0, "role") -> "messages[0].role" ("request" for the request itself)."""
     out = ""
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -55,18 +56,18 @@ def check_values(data: Mapping[str, Any]) -> None:
         if isinstance(value, str):
             chars += len(value)
             if chars > MAX_TEXT_CHARS:
-                raise ValueError(f"{_path(path[:1])}: the request's text exceeds {MAX_TEXT_CHARS:,} characters in all")
+                raise ValueError(f"{field_path(path[:1])}: the request's text exceeds {MAX_TEXT_CHARS:,} characters in all")
             _check_text(path, value)
         elif isinstance(value, int) and not isinstance(value, bool):
             lo, hi = (0, UINT64_MAX) if len(path) == 1 and path[0] in UINT64_FIELDS else (INT64_MIN, INT64_MAX)
             if not lo <= value <= hi:
-                raise ValueError(f"{_path(path)}: {value} is outside [{lo}, {hi}], the integers the engine takes")
+                raise ValueError(f"{field_path(path)}: {value} is outside [{lo}, {hi}], the integers the engine takes")
         elif isinstance(value, (list, tuple, Mapping)):
             limit = MAX_PROMPT_IDS if path == ("prompt",) else MAX_ITEMS
             if len(value) > limit:
-                raise ValueError(f"{_path(path)}: has {len(value):,} entries, at most {limit:,} are accepted")
+                raise ValueError(f"{field_path(path)}: has {len(value):,} entries, at most {limit:,} are accepted")
             if len(path) > MAX_DEPTH:
-                raise ValueError(f"{_path(path)}: nested deeper than {MAX_DEPTH} levels")
+                raise ValueError(f"{field_path(path)}: nested deeper than {MAX_DEPTH} levels")
             items = value.items() if isinstance(value, Mapping) else enumerate(value)
             stack.extend((path + (k,), v) for k, v in items)
         elif hasattr(value, "model_dump"):  # a pydantic object given in place of a dict
@@ -78,7 +79,7 @@ def _check_text(path: tuple, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(
-            f"{_path(path)}: contains a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+            f"{field_path(path)}: contains a lone surrogate (U+{ord(text[exc.start]):04X} at character "
             f"{exc.start}), which is not Unicode text and cannot be tokenized; the request is refused, "
             "not repaired: send valid UTF-8"
         ) from None
