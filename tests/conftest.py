@@ -61,7 +61,7 @@ TINY_MODELS = {
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Factory: name in TINY_MODELS -> HF directory (built once per session)."""
-    from tiny_models import make_hf_model
+    from tvmlm.testing import make_hf_model
 
     made: dict[str, Path] = {}
 
@@ -90,7 +90,7 @@ def tiny_package(tiny_model_dir, tvmlm_cache_dir):
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from tiny_models import smollm2_gguf_path
+    from tvmlm.testing import smollm2_gguf_path
 
     return Path(smollm2_gguf_path())
 

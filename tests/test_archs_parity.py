@@ -14,7 +14,7 @@ PROMPT = [1, 17, 300, 42, 42, 7, 599, 123, 5]
 @pytest.fixture(scope="session")
 def gguf_package(tiny_model_dir, tiny_package, tmp_path_factory):
     """Factory: (name in TINY_MODELS, vocab) -> the compiled package of its F32 GGUF."""
-    from tiny_models import make_gguf_model
+    from tvmlm.testing import make_gguf_model
 
     from tvmlm.compile import prepare_package
 

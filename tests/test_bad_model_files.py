@@ -19,7 +19,7 @@ from model_file_patches import (
     patch,
     rewrite_safetensors_header,
 )
-from tiny_models import make_gguf_model
+from tvmlm.testing import make_gguf_model
 
 from tvmlm.errors import ModelError, ModelFileError
 from tvmlm.weights import load

@@ -32,7 +32,7 @@ def _hf_greedy(hf_dir, ids, n) -> list[int]:
 def test_bench_smoke_greedy_tokens_and_ratios(tiny_model_dir, tmp_path):
     hf = tiny_model_dir("llama-4k")  # plain rope: transformers, tvmlm and llama.cpp read it alike
     if HAS_LLAMA:
-        from tiny_models import make_gguf_model
+        from tvmlm.testing import make_gguf_model
 
         model, peers = str(make_gguf_model(hf, tmp_path / "tiny.gguf", "F32")), "tvmlm,llama.cpp,llama.cpp-fa-off"
     else:  # CI: no llama_cpp; transformers is the peer

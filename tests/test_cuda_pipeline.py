@@ -13,7 +13,7 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax  # noqa: E402
 
-from tiny_models import make_hf_model  # noqa: E402
+from tvmlm.testing import make_hf_model  # noqa: E402
 from tvmlm.compile import CompileOptions  # noqa: E402
 from tvmlm.models.build import build_module  # noqa: E402
 from tvmlm.models.pipeline import _called_prim_funcs, relax_pipeline  # noqa: E402

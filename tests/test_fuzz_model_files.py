@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import make_gguf_model
+from tvmlm.testing import make_gguf_model
 
 from tvmlm.errors import ModelError
 from tvmlm.weights import load

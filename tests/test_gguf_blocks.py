@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
-from tiny_models import _random_kquant
 
 from tvmlm.models.convert import _concat, _planned_format, plan_weight_formats
 from tvmlm.models.llama_config import LlamaConfig
 from tvmlm.models.packed import PackedWeight
+from tvmlm.testing.gguf_model import random_kquant
 from tvmlm.weights.gguf_blocks import EXACT, LAYOUT, packed_format, repack
 
 ROWS, COLS = 8, 512
@@ -23,7 +23,7 @@ def _blocks(kind: str, seed: int = 0, scale=(0.001, 0.01)) -> np.ndarray:
     sane float16 scales otherwise (gguf cannot quantize K-quants)."""
     rng = np.random.default_rng(seed)
     if kind in K_TYPES:
-        return _random_kquant((ROWS, COLS), QT[kind], rng, scale)
+        return random_kquant((ROWS, COLS), QT[kind], rng, scale)
     return quants.quantize(rng.standard_normal((ROWS, COLS)).astype(np.float32) * 0.05, QT[kind])
 
 

@@ -4,7 +4,7 @@ equal transformers' tokenizer for the same file (`gguf_file=`), per architecture
 import numpy as np
 import pytest
 
-from tiny_vocabs import MULTILINGUAL_TEXT, add_sentencepiece_vocab
+from tvmlm.testing.vocabs import MULTILINGUAL_TEXT, add_sentencepiece_vocab
 
 TEXTS = [MULTILINGUAL_TEXT, " leading space", "a  b   c", "<s>x</s> <start_of_turn>user", "\n\nline\n", "🙂"]
 

@@ -44,7 +44,7 @@ def _greedy_logits(package_dir, prompt, steps):
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model_dir, tmp_path_factory):
-    from tiny_models import make_gguf_model
+    from tvmlm.testing import make_gguf_model
 
     def make(kind: str):
         # embeddings Q8_0 (as SmolLM2 ships), every linear in `kind`; norms stay F32.
@@ -142,7 +142,7 @@ def _mixed_types(name, shape):
 
 @pytest.fixture(scope="module")
 def mixed_gguf(tiny_model_dir, tmp_path_factory):
-    from tiny_models import make_gguf_model
+    from tvmlm.testing import make_gguf_model
 
     # random K-quant blocks with super-block scales of 1e-4..1e-3: weights up to about +-1
     out = tmp_path_factory.mktemp("gguf-mixed") / "mixed.gguf"

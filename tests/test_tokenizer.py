@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from tiny_models import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
+from tvmlm.testing import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
 from tvmlm.chat_template import render_chat_template
 from tvmlm.errors import ModelFileError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
+from tvmlm.testing import EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
 from tvmlm.weights import SUPPORTED_ARCHITECTURES, load
 
@@ -339,11 +339,11 @@ def test_error_unsupported_gguf_quant_type(tmp_path):
 ])
 def test_gguf_rope_freqs_give_back_the_llama3_scaling(scaling, theta, head_dim):
     """rope_freqs.weight as llama.cpp writes it (float32) -> the HF rope_scaling it came from."""
-    from tiny_archs import _llama3_rope_freqs
+    from tvmlm.testing.archs import llama3_rope_freqs
 
     from tvmlm.weights.gguf_rope import llama3_scaling_from_divisors
 
-    divisors = _llama3_rope_freqs(scaling, theta, head_dim)
+    divisors = llama3_rope_freqs(scaling, theta, head_dim)
     assert llama3_scaling_from_divisors(divisors, theta, None) == {"rope_type": "llama3", **scaling}
     assert llama3_scaling_from_divisors(np.ones(head_dim // 2, np.float32), theta, None) is None
     with pytest.raises(ValueError, match="no llama3 rope scaling reproduces"):

@@ -148,7 +148,7 @@ def stage_prepare(args) -> dict:
             cfg.rope_parameters["rope_theta"] = rope_theta
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        if name == TINY:  # as tests/tiny_models.make_hf_model: norms randomized too
+        if name == TINY:  # as tvmlm.testing.make_hf_model: norms randomized too
             with torch.no_grad():
                 for pname, p in model.named_parameters():
                     if pname.endswith("norm.weight"):

@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
-sys.path.insert(0, str(REPO / "tests"))
 
 CUDA_TARGET = {
     "kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
@@ -34,8 +33,8 @@ MAX_BUNDLE_BYTES = 60 << 20
 
 
 def tiny_llama_config() -> dict:
-    """config.json of tests/tiny_models.make_hf_model('llama') (the tiny test llama)."""
-    from tiny_models import make_hf_model
+    """config.json of tvmlm.testing.make_hf_model('llama') (the tiny test llama)."""
+    from tvmlm.testing import make_hf_model
 
     with tempfile.TemporaryDirectory() as tmp:
         return json.loads((make_hf_model("llama", tmp) / "config.json").read_text())

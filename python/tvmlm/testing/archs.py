@@ -31,7 +31,7 @@ def convert_tensor(arch: str, name: str, t: np.ndarray) -> np.ndarray:
     return t
 
 
-def _llama3_rope_freqs(rope: dict, theta: float, head_dim: int) -> np.ndarray:
+def llama3_rope_freqs(rope: dict, theta: float, head_dim: int) -> np.ndarray:
     # convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors
     factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     old = rope["original_max_position_embeddings"]
@@ -54,7 +54,7 @@ def add_arch_extras(w, cfg: dict, arch: str, head_dim: int) -> None:
     kind = rope.get("rope_type", rope.get("type"))
     if arch == "llama" and kind == "llama3":
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(rope, theta, head_dim))
+        w.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, theta, head_dim))
     if arch == "gemma3":
         import gguf
 

@@ -1,11 +1,11 @@
-"""Tiny SentencePiece vocabularies for GGUF files (tests only): pieces, scores and token types as
+"""Tiny SentencePiece vocabularies for GGUF files: pieces, scores and token types as
 llama.cpp's converter writes them for a Llama-2-style (or Gemma-style) SentencePiece model."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from tiny_models import _TRAIN_TEXT
+from .hf_model import TRAIN_TEXT
 
 # A multilingual text: Latin with accents, Cyrillic, Greek, CJK, emoji (byte fallback), digits,
 # runs of spaces, newlines and a tab.
@@ -32,7 +32,7 @@ def sentencepiece_vocab(vocab_size: int, style: str = "llama") -> tuple[list[str
         specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
     n_learned = vocab_size - len(specials) - 256
     trainer = SentencePieceBPETokenizer(add_prefix_space=True)
-    trainer.train_from_iterator(_TRAIN_TEXT.split("\n"), vocab_size=n_learned, min_frequency=1, show_progress=False)
+    trainer.train_from_iterator(TRAIN_TEXT.split("\n"), vocab_size=n_learned, min_frequency=1, show_progress=False)
     ranked = sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])
     reserved = {p for p, _ in specials}
     learned = [p for p, _ in ranked if p not in reserved][:n_learned]
