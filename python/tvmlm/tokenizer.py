@@ -12,19 +12,12 @@ from .chat_template import render_chat_template
 from .detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, TokenBytes
 from .errors import ModelNotFoundError
 from .weights.check_json import load_tokenizer_json, read_json_file
+from .weights.tokenizer_config import SPECIAL_KEYS, normalized_tokenizer_config
 
 __all__ = ["Tokenizer"]
 
-_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return read_json_file(path) if path.is_file() else {}  # ModelFileError naming the file
-
-
-def _content(tok: Any) -> str | None:
-    # tokenizer_config.json may hold special tokens as serialized AddedToken dicts.
-    return tok.get("content") if isinstance(tok, dict) else tok
 
 
 def _as_list(v: Any) -> list[int]:
@@ -40,22 +33,16 @@ class Tokenizer:
         if not tok_file.is_file():
             raise ModelNotFoundError(f"no tokenizer.json in {str(d)!r}")
         self._tok = load_tokenizer_json(tok_file)  # ModelFileError naming the file
-        cfg = _read_json(d / "tokenizer_config.json")
+        cfg = normalized_tokenizer_config(d)
         gen = _read_json(d / "generation_config.json")
         model_cfg = _read_json(d / "config.json")
         pkg_meta = _read_json(d / "metadata.json")  # compiled package (docs/contracts.md section 1)
 
-        template = cfg.get("chat_template")
-        if isinstance(template, list):  # named templates; "default" is the chat one
-            named = {t["name"]: t["template"] for t in template}
-            template = named.get("default") or next(iter(named.values()), None)
-        if not template and (d / "chat_template.jinja").is_file():
-            template = (d / "chat_template.jinja").read_text()
-        self.chat_template: str | None = template
+        self.chat_template: str | None = cfg["chat_template"]
 
         # Passed to the template as variables, as transformers does (e.g. `{{ bos_token }}`).
         self.special_tokens: dict[str, str] = {
-            k: v for k in _SPECIAL_KEYS if (v := _content(cfg.get(k))) is not None
+            k: v for k in SPECIAL_KEYS if (v := cfg.get(k)) is not None
         }
 
         bos = self.special_tokens.get("bos_token")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from safetensors import safe_open
 
+from .tokenizer_config import normalized_tokenizer_config
 from .types import SUPPORTED_ARCHITECTURES, LoadedModel
 
 _INDEX = "model.safetensors.index.json"
@@ -136,39 +137,3 @@ def write_tokenizer_dir(src: Path, out: Path) -> None:
         shutil.copyfile(gen, out / gen.name)  # carries extra stop ids (eos_token_id lists)
     cfg = normalized_tokenizer_config(src)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-
-
-def normalized_tokenizer_config(src: Path) -> dict[str, Any]:
-    """tokenizer_config.json with `chat_template`, `bos_token`, `eos_token`, `add_bos_token` always
-    present as plain strings/bools, merging what newer/older transformers keep in other files."""
-    path = src / "tokenizer_config.json"
-    cfg: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    # Older saves keep special tokens in special_tokens_map.json.
-    stm = src / "special_tokens_map.json"
-    if stm.is_file():
-        for k, v in json.loads(stm.read_text()).items():
-            cfg.setdefault(k, v)
-    # transformers >= 4.43 saves the template to chat_template.jinja instead of the config.
-    jinja = src / "chat_template.jinja"
-    if not cfg.get("chat_template") and jinja.is_file():
-        cfg["chat_template"] = jinja.read_text()
-    cfg["chat_template"] = _pick_template(cfg.get("chat_template"))
-    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        cfg[key] = token_content(cfg.get(key))
-    cfg["add_bos_token"] = bool(cfg.get("add_bos_token", False))
-    return cfg
-
-
-def _pick_template(tpl: Any) -> str | None:
-    # Some configs hold a list of named templates; "default" is the chat one.
-    if isinstance(tpl, list):
-        named = {t["name"]: t["template"] for t in tpl}
-        return named.get("default") or next(iter(named.values()), None)
-    return tpl
-
-
-def token_content(tok: Any) -> str | None:
-    """A special token as written in configs: a string or a serialized AddedToken dict."""
-    if isinstance(tok, dict):
-        return tok.get("content")
-    return tok
