@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,22 +15,16 @@ from .llama_config import LlamaConfig, check_target_support
 
 
 def make_target(device_kind: str, target: dict[str, Any] | None = None):
-    """The TVM target for a device kind (JSON dict form: TVM 0.27 rejects target strings)."""
-    from tvm.target import Target, codegen
+    """The TVM target for a device kind: `target` (JSON dict form: TVM 0.27 rejects target
+    strings), or this machine's as devices.tvm_target gives it; CUDA gets an llvm host."""
+    from tvm.target import Target
 
-    if target is not None:
-        if target.get("kind") == "cuda" and "host" not in target:
-            return Target(target, host={"kind": "llvm"})
-        return Target(target)
-    if device_kind == "cpu":
-        return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
-    if device_kind == "cuda":
-        from tvm import runtime
+    from ..devices import Device, tvm_target
 
-        dev = runtime.cuda(0)
-        arch = "sm_" + dev.compute_version.replace(".", "")
-        return Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
-    raise ValueError(f"no compile target for device kind {device_kind!r}; supported: cpu, cuda")
+    spec = target if target is not None else tvm_target(Device(device_kind))
+    if spec.get("kind") == "cuda" and "host" not in spec:
+        return Target(spec, host={"kind": "llvm"})
+    return Target(spec)
 
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1, "int8": 1}
