@@ -4,6 +4,7 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 #include "json_util.h"
 
@@ -99,7 +100,7 @@ GenerationConfig GenerationConfig::FromJSON(const std::string& text) {
   Require(g.repetition_penalty > 0.0 && std::isfinite(g.repetition_penalty),
           "generation config: 'repetition_penalty' must be > 0");
   Require(g.top_logprobs >= 0 && g.top_logprobs <= kMaxTopLogprobs,
-          "generation config: 'top_logprobs' must be in [0, 20]");
+          "generation config: 'top_logprobs' must be in [0, " + std::to_string(kMaxTopLogprobs) + "]");
   return g;
 }
 

@@ -279,3 +279,11 @@ def test_core_config_matches_the_contract():
 def test_format_bytes():
     assert [format_bytes(n) for n in (0, 1023, 1536, 5 * MiB, 3 * GiB, 3000 * GiB)] == [
         "0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 GiB", "3000.0 GiB"]
+
+
+def test_python_limits_are_the_cores():
+    """Numbers both layers use are defined in C++; the Python copies must be the same numbers."""
+    from tvmlm import _core, config, protocol
+
+    assert config.PAGE_SIZE == _core.KV_PAGE_SIZE
+    assert protocol.MAX_TOP_LOGPROBS == _core.MAX_TOP_LOGPROBS

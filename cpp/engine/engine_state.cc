@@ -6,14 +6,8 @@
 
 namespace tvmlm {
 
-namespace {
-
-constexpr int64_t kPageSize = 16;  // matches the page size Model passes to the KV cache
-
-}  // namespace
-
 EngineState::EngineState(std::unique_ptr<Model> model, const EngineConfig& config)
-    : kv(model.get(), config.max_total_sequence_length, kPageSize),
+    : kv(model.get(), config.max_total_sequence_length, Model::kPageSize),
       prefix_cache(config.prefix_cache_max_sequences),
       model_(std::move(model)) {
   const ModelMetadata& meta = model_->metadata();

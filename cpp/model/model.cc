@@ -25,7 +25,6 @@ namespace ffi = tvm::ffi;
 namespace {
 
 constexpr int kPooledAllocator = 2;  // tvm::runtime::memory::AllocatorType::kPooled
-constexpr int64_t kPageSize = 16;
 
 // TVM runtime globals, looked up once.
 const ffi::Function& Global(const char* name) {

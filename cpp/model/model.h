@@ -36,6 +36,10 @@ class Model {
    */
   Model(const std::string& package_dir, DLDevice device, int64_t num_threads);
 
+  /*! \brief Tokens per KV-cache page: the cache is created with it and the engine's page
+   *  accounting counts in it (python/tvmlm/config.py PAGE_SIZE is tested equal). */
+  static constexpr int64_t kPageSize = 16;
+
   const ModelMetadata& metadata() const { return metadata_; }
   DLDevice device() const { return device_; }
 

@@ -281,6 +281,9 @@ PYBIND11_MODULE(_core, m) {
   using namespace tvmlm;
   using release = py::call_guard<py::gil_scoped_release>;
   m.doc() = "tvmlm C++ core: compiled-model runner and threaded engine";
+  // Limits the Python layer sizes and validates with (config.py, protocol.py test they agree).
+  m.attr("KV_PAGE_SIZE") = Model::kPageSize;
+  m.attr("MAX_TOP_LOGPROBS") = GenerationConfig::kMaxTopLogprobs;
 
   m.def("device_exists", &DeviceExists, py::arg("kind"), py::arg("index"), release());
   m.def("device_memory", &DeviceTotalMemory, py::arg("kind"), py::arg("index"), release());

@@ -40,7 +40,6 @@ logger = logging.getLogger("tvmlm")
 # a manifest.json, written last.
 PACKAGE_FILES = ("lib.so", "params.safetensors", "metadata.json")
 LIB_FILES = ("lib.so", "metadata.json")
-PAGE_SIZE = 16
 
 
 def cache_dir() -> Path:

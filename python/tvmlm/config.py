@@ -37,7 +37,7 @@ from .models.packed import QUANTIZATIONS
 
 MODES = ("local", "interactive", "server")
 KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-PAGE_SIZE = 16  # tokens per KV page; fixed by the compiled PagedKVCache (see docs/contracts.md)
+PAGE_SIZE = 16  # tokens per KV page: the core's Model::kPageSize (_core.KV_PAGE_SIZE, tested equal)
 
 DEFAULT_UTILIZATION = {"cpu": 0.5, "gpu": 0.85}
 LOCAL_MAX_SEQUENCES = 4

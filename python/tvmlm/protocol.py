@@ -34,7 +34,8 @@ __all__ = [
     "new_completion_id",
 ]
 
-#: Most alternatives per token: chat `top_logprobs` (OpenAI: 20), completions `logprobs` (5).
+#: Most alternatives per token: chat `top_logprobs` (OpenAI: 20; the core's kMaxTopLogprobs,
+#: _core.MAX_TOP_LOGPROBS, tested equal), completions `logprobs` (5).
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
 
