@@ -4,7 +4,7 @@ replaced before this runs (models/cpu_int8_matmul.py); this schedule serves floa
 hosts.
 
 TVM's default llvm pipeline leaves matmuls as naive single-threaded loops, and its dlight CPU GEMV
-rule is 5-25x slower than this hand schedule here (see DESIGN.md). One schedule serves decode
+rule is several times slower than this hand schedule. One schedule serves decode
 (M = batch, 1..N) and prefill (M = chunk): for each tile of 8 weight rows (run in parallel over the
 thread pool), every activation row is multiplied against that tile while it sits in L1, with a
 16-lane vector accumulator per output (rfactor over k) that is summed once at the end.
