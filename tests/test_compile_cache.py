@@ -93,13 +93,13 @@ def test_library_key_changes_with_the_model_code(tmp_path, monkeypatch):
     """A checkout whose kernels changed without a version bump never reuses the old library."""
     import shutil
 
-    import tvmlm.compile as compile_mod
+    import tvmlm.compile_keys as compile_mod
 
     root = Path(compile_mod.__file__).parent
     copy = tmp_path / "tvmlm"
     for sub in ("models", "weights"):
         shutil.copytree(root / sub, copy / sub)
-    monkeypatch.setattr(compile_mod, "__file__", str(copy / "compile.py"))
+    monkeypatch.setattr(compile_mod, "__file__", str(copy / "compile_keys.py"))
     compile_mod.code_fingerprint.cache_clear()
     try:
         before = compile_mod.code_fingerprint()
