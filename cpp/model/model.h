@@ -45,7 +45,6 @@ class Model {
 
   /*! \brief Allocate (or replace) the paged KV cache; all sequences are dropped. */
   void CreateKVCache(int64_t max_batch_size, int64_t max_total_seq_len, int64_t prefill_chunk_size);
-  bool has_kv_cache() const { return kv_cache_ != nullptr; }
   /*! \brief Most tokens one BatchPrefill call may take (the KV cache's prefill chunk). */
   int64_t prefill_chunk_size() const { return kv_prefill_chunk_; }
   int64_t max_batch_size() const { return kv_max_batch_; }

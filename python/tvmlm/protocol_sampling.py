@@ -277,10 +277,6 @@ class _SamplingRequest(_Request):
         """The prompt's text (and logprobs) come first in the output (completions' echo)."""
         return False
 
-    def token_ids_used(self) -> list[int]:
-        """Token ids the request names (logit_bias, stop_token_ids), to check against the vocab."""
-        return [*(self.logit_bias or {}), *self.stop_token_ids]
-
     @property
     def include_usage(self) -> bool:
         """Whether a streamed response ends with a usage-only chunk."""
