@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzz_settings import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
-from tvmlm.testing import make_gguf_model
 
 from tvmlm.errors import ModelError
+from tvmlm.testing import make_gguf_model
 from tvmlm.weights import load
 from tvmlm.weights.checks import expected_shapes
 
-EXAMPLES = int(os.environ.get("TVMLM_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=EXAMPLES <= 200,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings()
 HANG_SECONDS = 20
 
 
@@ -148,27 +141,21 @@ def _check_truncation(case: _Case, cut: int) -> None:
     assert got is None or _same(got, case.original), f"a file cut to {cut} bytes loaded as a different model"
 
 
+@pytest.fixture(scope="module")
+def cases(gguf_case, safetensors_case) -> dict[str, _Case]:
+    return {"gguf": gguf_case, "safetensors": safetensors_case}
+
+
+@pytest.mark.parametrize("kind", ["gguf", "safetensors"])
 @FUZZ
 @given(data=st.data())
-def test_gguf_byte_flips(gguf_case, data):
-    _check_flips(gguf_case, _edits(data, gguf_case))
+def test_byte_flips(cases, kind, data):
+    _check_flips(cases[kind], _edits(data, cases[kind]))
 
 
+@pytest.mark.parametrize("kind", ["gguf", "safetensors"])
 @FUZZ
 @given(data=st.data())
-def test_gguf_truncations(gguf_case, data):
-    n = len(gguf_case.data)
-    _check_truncation(gguf_case, data.draw(st.one_of(st.integers(0, gguf_case.header_end), st.integers(0, n - 1))))
-
-
-@FUZZ
-@given(data=st.data())
-def test_safetensors_byte_flips(safetensors_case, data):
-    _check_flips(safetensors_case, _edits(data, safetensors_case))
-
-
-@FUZZ
-@given(data=st.data())
-def test_safetensors_truncations(safetensors_case, data):
-    n = len(safetensors_case.data)
-    _check_truncation(safetensors_case, data.draw(st.one_of(st.integers(0, safetensors_case.header_end), st.integers(0, n - 1))))
+def test_truncations(cases, kind, data):
+    case = cases[kind]
+    _check_truncation(case, data.draw(st.one_of(st.integers(0, case.header_end), st.integers(0, len(case.data) - 1))))

@@ -8,22 +8,15 @@ running, and the engine answers a plain request normally afterwards.
 from __future__ import annotations
 
 import math
-import os
 import time
 
-from hypothesis import HealthCheck, given, settings
+from fuzz_settings import fuzz_settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from tvmlm.errors import RequestError
 
-EXAMPLES = int(os.environ.get("TVMLM_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=EXAMPLES <= 200,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(HealthCheck.function_scoped_fixture)
 
 # Text with lone surrogates, NULs, control and non-BMP characters mixed in.
 TEXT = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from("\0\n<|>")), max_size=24)
