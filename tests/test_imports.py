@@ -88,3 +88,15 @@ def test_no_import_cycle():
 def test_find_cycle_finds_one():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_testing_package_imports_without_torch():
+    """Benchmarks and stress runs use tvmlm.testing where only the package's own dependencies are
+    installed: its builders import torch and transformers when called, not at import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tvmlm.testing, tvmlm.testing.archs, tvmlm.testing.vocabs; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

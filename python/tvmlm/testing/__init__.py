@@ -1,7 +1,8 @@
 """Tiny models for tests, benchmarks and stress runs: random-weight Hugging Face models of every
 supported architecture (hf_model.py), their GGUF conversions (gguf_model.py, with archs.py and
-vocabs.py) and the path of the shipped SmolLM2 GGUF. Importing this package imports neither torch
-nor transformers: the builders import them when called (the `test` extra installs them)."""
+vocabs.py), a Llama built with numpy alone for load tests (numpy_model.py) and the path of the
+shipped SmolLM2 GGUF. Importing this package imports neither torch nor transformers: the builders
+that need them import them when called (the `test` extra installs them)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 from .gguf_model import make_gguf_model
 from .hf_model import (BOS_ID, CHATML_TEMPLATE, EOS_ID, PAD_ID, SPECIAL_TOKENS, TRAIN_TEXT, make_hf_model,
                        tiny_tokenizer_json)
+from .numpy_model import make_numpy_llama
 
 __all__ = ["BOS_ID", "CHATML_TEMPLATE", "EOS_ID", "PAD_ID", "SPECIAL_TOKENS", "TRAIN_TEXT", "make_gguf_model",
-           "make_hf_model", "smollm2_gguf_path", "tiny_tokenizer_json"]
+           "make_hf_model", "make_numpy_llama", "smollm2_gguf_path", "tiny_tokenizer_json"]
 
 
 def smollm2_gguf_path() -> Path:
