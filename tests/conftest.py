@@ -88,6 +88,21 @@ def tiny_package(tiny_model_dir, tvmlm_cache_dir):
     return get
 
 
+@pytest.fixture(scope="module")
+def pkg(tiny_package):
+    """The tiny llama's compiled package directory, for the `_core` tests."""
+    return tiny_package("llama").path
+
+
+@pytest.fixture(scope="module")
+def reference(pkg):
+    """Greedy tokens of a prompt as `_core.Model` computes them alone (checked against
+    transformers in test_core_model.py)."""
+    from test_core_model import greedy_reference
+
+    return greedy_reference(pkg, 1024, 512)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     from tvmlm.testing import smollm2_gguf_path
@@ -125,6 +140,7 @@ _FILE_TIERS = {
     "test_bench.py": "slow",
     "test_cpp_host.py": "slow",
     "test_compile_cache.py": "engine",
+    "test_core_delta_router.py": "engine",
     "test_core_engine.py": "engine",
     "test_core_model.py": "engine",
     "test_cpu_attention.py": "engine",
