@@ -19,9 +19,9 @@ from model_file_patches import (
     patch,
     rewrite_safetensors_header,
 )
-from tvmlm.testing import make_gguf_model
 
 from tvmlm.errors import ModelError, ModelFileError
+from tvmlm.testing import make_gguf_model
 from tvmlm.weights import load
 from tvmlm.weights.check_gguf import read_gguf_header
 

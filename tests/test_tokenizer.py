@@ -8,10 +8,10 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from tvmlm.testing import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
 from tvmlm.chat_template import render_chat_template
 from tvmlm.errors import ModelFileError
+from tvmlm.testing import BOS_ID, EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 from tvmlm.tokenizer import Tokenizer
 from tvmlm.weights import load
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tvmlm.testing import EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 
+from tvmlm.testing import EOS_ID, make_gguf_model, make_hf_model, smollm2_gguf_path
 from tvmlm.weights import SUPPORTED_ARCHITECTURES, load
 
 
