@@ -167,6 +167,7 @@ def test_bad_requests_raise_like_the_blocking_engine(aengine, tiny_engine):
     assert asyncio.run(run()) == str(want.value)
 
 
+@pytest.mark.engine  # builds an engine on the tiny model (compiles on a cold cache)
 def test_terminate_ends_streams_in_flight_and_joins_the_waiter(tiny_model_dir):
     engine = AsyncEngine(tiny_model_dir("llama"), device="cpu", engine_config=EngineConfig(max_num_sequence=4))
     waiter = engine._waiter

@@ -149,6 +149,7 @@ def mixed_gguf(tiny_model_dir, tmp_path_factory):
     return make_gguf_model(tiny_model_dir("llama-256"), out, _mixed_types, kquant_scale=(1e-4, 1e-3))
 
 
+@pytest.mark.unit
 def test_mixed_gguf_packed_tensors_dequantize_like_gguf(mixed_gguf):
     """Through the loader (rope un-permutation of packed q/k rows included): each repacked tensor
     equals gguf's dequantize within its layout's rounding (weights/gguf_blocks.py)."""
@@ -165,7 +166,6 @@ def test_mixed_gguf_packed_tensors_dequantize_like_gguf(mixed_gguf):
     assert layouts == {"q4_1": 9, "q8_0": 7}  # 2 x (q, k, gate, up) + 1 down; 2 x (v, o) + 1 down, embed, lm_head
 
 
-@pytest.mark.engine
 def test_mixed_kquant_gguf_stays_packed(mixed_gguf):
     """Every tensor keeps its own packed format (weights/gguf_blocks.py): q4_1 for Q4_K, q8_0 for
     Q5_0 / Q6_K / Q8_0, a fused qkv of Q4_K and Q5_0 parts in q8_0. The params file is close to the
@@ -192,6 +192,7 @@ def test_mixed_kquant_gguf_stays_packed(mixed_gguf):
     assert _relative_rms(forced, ref) < (0.08 if _host_int8_isa() else 0.01)
 
 
+@pytest.mark.unit
 def test_packed_weights_dequantize_like_gguf(tiny_gguf):
     loaded = load(tiny_gguf("Q4_0"))
     dense = dict(loaded.tensors())
@@ -231,6 +232,7 @@ def test_smollm2_packed_greedy_matches_f32(smollm2_path, int8_activations):
     assert _relative_rms(_forced_logits(packed.path, prompt, ref_tokens), ref) < 0.06
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
 def test_group_quantize_matches_gguf_reference(fmt):
     from gguf import GGMLQuantizationType, quants

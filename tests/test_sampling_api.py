@@ -143,6 +143,7 @@ def test_streamed_equals_non_streamed(tiny_engine):
                 assert [o for c in mine if c.logprobs for o in c.logprobs.text_offset] == choice.logprobs.text_offset
 
 
+@pytest.mark.engine  # builds an engine on the tiny model (compiles on a cold cache)
 def test_seeded_request_is_the_same_alone_and_in_a_batch_of_16(tiny_model_dir):
     with Engine(tiny_model_dir("llama"), device="cpu", engine_config=EngineConfig(max_num_sequence=16)) as engine:
         alone = _text(engine, **SAMPLED)

@@ -59,6 +59,7 @@ def traced_engine(tiny_model_dir):
     engine.terminate()
 
 
+@pytest.mark.engine  # builds an engine on the tiny model (compiles on a cold cache)
 def test_four_request_trace(traced_engine):
     prompts = [f"Request number {i}: tell me about the old lighthouse keeper." for i in range(4)]
 
