@@ -135,7 +135,9 @@ def tiny_engine(tiny_model_dir, tvmlm_cache_dir):
 # real model, transformers parity on it, the C++ host build, the benchmark. A test's own marker
 # wins; otherwise the fixtures it uses decide, then its file's default below, else unit.
 TIERS = ("unit", "engine", "slow")
-_FIXTURE_TIERS = {"smollm2_engine": "slow", "smollm2_path": "slow", "tiny_engine": "engine", "tiny_package": "engine"}
+# ("smollm2": the module fixtures of test_weights.py / test_tokenizer.py that load the real GGUF)
+_FIXTURE_TIERS = {"smollm2": "slow", "smollm2_engine": "slow", "smollm2_path": "slow", "tiny_engine": "engine",
+                  "tiny_package": "engine"}
 _FILE_TIERS = {
     "test_bench.py": "slow",
     "test_cpp_host.py": "slow",
