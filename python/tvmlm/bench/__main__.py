@@ -47,24 +47,11 @@ def machine() -> dict[str, object]:
 
 
 def smoke_model() -> str:
-    """A tiny random Llama with a small trained byte-level BPE tokenizer, in a temp dir (no network)."""
-    import torch
-    import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A tiny random Llama with a byte-level BPE tokenizer (tvmlm.testing), in a temp dir (no network)."""
+    from ..testing import make_hf_model
 
     out = Path(tempfile.mkdtemp(prefix="tvmlm-bench-tiny-"))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([__doc__ or "", json.__doc__ or "", os.__doc__ or ""] * 4, trainer)
-    cfg = tf.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
-    return str(out)
+    return str(make_hf_model("llama", out, max_position_embeddings=1024))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
