@@ -6,7 +6,8 @@ compiles once. Float32 weights, exact float paths."""
 import numpy as np
 import pytest
 
-from test_core_model import TOL, core_greedy, hf_greedy, hf_model, new_model
+from test_core_model import TOL, hf_greedy, hf_model, new_model
+from tvmlm.testing.greedy import core_greedy
 
 PROMPT = [1, 17, 300, 42, 42, 7, 599, 123, 5]
 
@@ -14,9 +15,8 @@ PROMPT = [1, 17, 300, 42, 42, 7, 599, 123, 5]
 @pytest.fixture(scope="session")
 def gguf_package(tiny_model_dir, tiny_package, tmp_path_factory):
     """Factory: (name in TINY_MODELS, vocab) -> the compiled package of its F32 GGUF."""
-    from tvmlm.testing import make_gguf_model
-
     from tvmlm.compile import prepare_package
+    from tvmlm.testing import make_gguf_model
 
     made = {}
 

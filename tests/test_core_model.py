@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tvmlm import _core
+from tvmlm.testing.greedy import core_greedy
 
 TOL = 1e-3
 # Every tiny variant of conftest.TINY_MODELS: Llama (untied, tied; llama3 rope), Qwen2 (bias, a sliding
@@ -65,15 +66,6 @@ def greedy_reference(pkg, max_total: int, chunk: int):
         return cache[key][:n]
 
     return greedy
-
-
-def core_greedy(m, seq_id, prompt, steps):
-    logits = [m.prefill([seq_id], [prompt])[0]]
-    tokens = [int(np.argmax(logits[-1]))]
-    for _ in range(steps):
-        logits.append(m.decode([seq_id], [tokens[-1]])[0])
-        tokens.append(int(np.argmax(logits[-1])))
-    return np.stack(logits), tokens
 
 
 def new_model(pkg, **kv):

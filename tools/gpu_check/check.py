@@ -82,17 +82,6 @@ def new_core_model(args, name: str, batch: int = 8, total: int = 4096, chunk: in
     return m
 
 
-def core_greedy(m, seq_id: int, prompt: list[int], steps: int):
-    import numpy as np
-
-    logits = [m.prefill([seq_id], [prompt])[0]]
-    tokens = [int(np.argmax(logits[-1]))]
-    for _ in range(steps):
-        logits.append(m.decode([seq_id], [tokens[-1]])[0])
-        tokens.append(int(np.argmax(logits[-1])))
-    return np.stack(logits), tokens
-
-
 def hf_greedy(args, model, prompt: list[int], steps: int):
     """Last-token logits after the prompt and each greedy token (whole sequence recomputed)."""
     import numpy as np
@@ -226,6 +215,8 @@ def _random_package(args, name: str) -> int:
 
 def _parity(args, name: str, tol: float, exact_tokens: bool) -> dict:
     import numpy as np
+
+    from tvmlm.testing.greedy import core_greedy
 
     rng = np.random.default_rng(0)
     vocab = json.loads((args.models / name / "metadata.json").read_text())["vocab_size"]
