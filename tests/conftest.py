@@ -144,6 +144,7 @@ _FILE_TIERS = {
     "test_compile_cache.py": "engine",
     "test_core_delta_router.py": "engine",
     "test_core_engine.py": "engine",
+    "test_core_engine_lifecycle.py": "engine",
     "test_core_model.py": "engine",
     "test_cpu_attention.py": "engine",
     "test_cpu_int8_matmul.py": "engine",
