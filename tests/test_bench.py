@@ -79,7 +79,7 @@ def test_report_ratios_pick_llamas_better_setting_and_mark_worse():
     results = []
     for rnd, (ours, auto, off) in enumerate([(150, 90, 100), (160, 80, 95), (140, 85, 105)]):
         results += [
-            _sample("tvmlm", round=rnd, decode_ctx0_tok_s=ours, rss_ctx1104_mb=800.0, load_warm_s=0.2),
+            _sample("tvmlm", round=rnd, decode_ctx0_tok_s=ours, rss_ctx1104_mb=800.0, load_warm_s=0.2, load_cold_s=30.0),
             _sample("llama.cpp", round=rnd, decode_ctx0_tok_s=auto, rss_ctx1104_mb=300.0, load_warm_s=0.3),
             _sample("llama.cpp-fa-off", round=rnd, decode_ctx0_tok_s=off, rss_ctx1104_mb=280.0, load_warm_s=0.3),
         ]
@@ -91,7 +91,10 @@ def test_report_ratios_pick_llamas_better_setting_and_mark_worse():
     warm = next(line for line in text.splitlines() if "load, warm" in line)
     assert "0.67x" in warm and "worse" not in warm
     cold = next(line for line in text.splitlines() if "load, cold" in line)  # llama.cpp: its only load
-    assert cold.split("|")[5].strip() == "0.3 (0.3-0.3)"
+    assert cold.split("|")[5].strip() == "0.3 (0.3-0.3)" and "**100.00x (fa auto) worse**" in cold
+    for r in results:  # no tvmlm cold load (a warm --work-dir): no cold row at all
+        r.pop("load_cold_s", None)
+    assert "load, cold" not in report.table(results, ["tvmlm", "llama.cpp", "llama.cpp-fa-off"])
 
 
 def test_token_checks_report_the_shared_prefix():
@@ -118,7 +121,7 @@ def test_rounds_interleave_peers_and_alternate_their_order(monkeypatch, tmp_path
 
     def fake_job(spec, env, timeout):
         calls.append((spec["kind"], spec["options"].get("kv_dtype", spec["options"].get("flash_attn")), env["TVM_NUM_THREADS"]))
-        return {"load_warm_s": 1.0, "job_s": 0.1}
+        return {"load_cold_s": 9.0, "job_s": 0.1} if spec["kind"] == "cold" else {"load_warm_s": 1.0, "job_s": 0.1}
 
     monkeypatch.setattr(rounds, "run_job", fake_job)
     plan = rounds.Plan(models=["m.gguf"], variants=[rounds.VARIANTS["tvmlm"], rounds.VARIANTS["llama.cpp"]], threads=[1],
@@ -127,3 +130,8 @@ def test_rounds_interleave_peers_and_alternate_their_order(monkeypatch, tmp_path
     assert calls == [("cold", None, "1"), ("single", None, "1"), ("single", "auto", "1"),
                      ("single", "auto", "1"), ("single", None, "1"), ("single", None, "1"), ("single", "auto", "1")]
     assert [r["round"] for r in results] == [0, 0, 0, 1, 1, 2, 2]
+    # a cache from an earlier run (--work-dir) is brought up to date, and gives no cold figure
+    calls.clear()
+    plan.rounds = 0
+    results = rounds.run(plan, log=lambda s: None)
+    assert calls == [("cold", None, "1")] and results[0]["kind"] == "prepare" and "load_cold_s" not in results[0]

@@ -48,7 +48,7 @@ def _metric_keys(r: dict[str, Any]) -> list[str]:
 
 def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
     """{(model, threads): {variant: {metric: summary}}}; llama.cpp and transformers compile
-    nothing, so their cold load is their (warm) load."""
+    nothing, so their cold load is their (warm) load, shown where tvmlm has a cold load."""
     samples: dict[tuple[str, int], dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in results:
         if "error" in r:
@@ -58,8 +58,9 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
     out: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for group, by_variant in samples.items():
         out[group] = {}
+        compiled = any("load_cold_s" in m for v, m in by_variant.items() if v.startswith("tvmlm"))
         for variant, metrics in by_variant.items():
-            if not variant.startswith("tvmlm") and "load_warm_s" in metrics:
+            if compiled and not variant.startswith("tvmlm") and "load_warm_s" in metrics:
                 metrics.setdefault("load_cold_s", list(metrics["load_warm_s"]))
             out[group][variant] = {k: summary(v) for k, v in metrics.items()}
     return out
@@ -130,20 +131,20 @@ def table(results: list[dict[str, Any]], variants: list[str]) -> str:
 
 def token_checks(results: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
     """Greedy tokens of every variant against the first variant's (and transformers' when run):
-    the shared prefix length, per model and thread count (round 0's tokens; `stable` says whether
-    every round produced the same)."""
-    by: dict[tuple[str, int], dict[str, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
+    the shared prefix length, per model, thread count and context (round 0's tokens; `stable`
+    says whether every round produced the same)."""
+    by: dict[tuple[str, int, int], dict[str, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         if r.get("kind") == "single" and "greedy_tokens" in r:
-            by[(r["model"], r["threads"])][r["variant"]].append(r["greedy_tokens"])
+            by[(r["model"], r["threads"], r.get("greedy_context", 0))][r["variant"]].append(r["greedy_tokens"])
     out = []
-    for (model, threads), toks in sorted(by.items()):
+    for (model, threads, context), toks in sorted(by.items()):
         refs = [v for v in (variants[0], "transformers") if v in toks]
         for v in variants:
             if v not in toks:
                 continue
-            row = {"model": Path(model).name, "threads": threads, "variant": v, "tokens": toks[v][0],
-                   "stable": all(t == toks[v][0] for t in toks[v])}
+            row = {"model": Path(model).name, "threads": threads, "context": context, "variant": v,
+                   "tokens": toks[v][0], "stable": all(t == toks[v][0] for t in toks[v])}
             for ref in refs:
                 if ref != v:
                     row[f"match_vs_{ref}"] = f"{match_prefix(toks[v][0], toks[ref][0])}/{len(toks[ref][0])}"
@@ -153,10 +154,10 @@ def token_checks(results: list[dict[str, Any]], variants: list[str]) -> list[dic
 
 def token_table(checks: list[dict[str, Any]]) -> str:
     refs = sorted({k for c in checks for k in c if k.startswith("match_vs_")})
-    lines = ["| model | threads | variant | " + " | ".join(f"shared prefix with {r[9:]}" for r in refs) + " | same every round |",
-             "|---|---|---|" + "---:|" * (len(refs) + 1)]
+    lines = ["| model | threads | context | variant | " + " | ".join(f"shared prefix with {r[9:]}" for r in refs) + " | same every round |",
+             "|---|---|---|---|" + "---:|" * (len(refs) + 1)]
     for c in checks:
-        lines.append(f"| {c['model']} | {c['threads']} | {c['variant']} | "
+        lines.append(f"| {c['model']} | {c['threads']} | {c['context']} | {c['variant']} | "
                      + " | ".join(c.get(r, "-") for r in refs) + f" | {'yes' if c['stable'] else 'NO'} |")
     return "\n".join(lines)
 
