@@ -152,6 +152,7 @@ _FILE_TIERS = {
     "test_cpu_rope.py": "engine",
     "test_cuda_codegen.py": "engine",
     "test_cuda_pipeline.py": "engine",
+    "test_cuda_tensor_cores.py": "engine",
     "test_quant.py": "engine",
     "test_fast_math.py": "engine",
     "test_scheduler.py": "engine",

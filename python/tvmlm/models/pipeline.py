@@ -24,20 +24,10 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         schedule = [schedule_cpu_kernels(target)]
     elif target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as tvm_pipeline
-        from tvm.s_tir import dlight as dl
 
         prologue = []
         legalize_map = None
-
-        schedule = [
-            _opt_out_of_tensor_cores(),
-            # dlight's Matmul rule would take batch_decode's [batch_size, K] x [N, K] matmuls and tile
-            # the batch dim by 32+, leaving most SMs idle at small batches: batched GEMV instead.
-            _schedule_batch_decode_gemvs(dl.gpu.LowBatchGEMV(4)),
-            dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-            ),
-        ]
+        schedule = cuda_schedule_passes()
     else:
         raise ValueError(f"no tvmlm pipeline for target kind {target.kind.name!r}; supported: llvm, cuda")
 
@@ -63,18 +53,23 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def _opt_out_of_tensor_cores() -> tvm.transform.Pass:
-    """Mark every PrimFunc `dlight.do_not_tensorize`: dlight's tensor-core matmul (float16 on
-    sm_70+) segfaults inside s_tir Tensorize in TVM 0.27.0.post1, so matmuls take the SIMT path."""
+def cuda_schedule_passes() -> list[tvm.transform.Pass]:
+    """The CUDA kernel schedules, run on the fused module under the target."""
+    from tvm.s_tir import dlight as dl
 
-    @tvm.transform.module_pass(opt_level=0, name="tvmlm_no_tensorize")
-    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, tvm.tirx.PrimFunc):
-                mod[gv] = func.with_attr("dlight.do_not_tensorize", True)
-        return mod
+    from . import tensor_cores
 
-    return _pass
+    return [
+        # dlight's Matmul rule would take batch_decode's [batch_size, K] x [N, K] matmuls and tile
+        # the batch dim by 32+, leaving most SMs idle at small batches: batched GEMV instead.
+        _schedule_batch_decode_gemvs(dl.gpu.LowBatchGEMV(4)),
+        # Matmul puts float16 matmuls whose static dims all exceed 64 on tensor cores (WMMA
+        # 16x16x16, models/tensor_cores.py): batch_prefill's [seq_len, K] x [N, K]; decode's M = 1 is a GEMV.
+        *tensor_cores.passes(),
+        dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        ),
+    ]
 
 
 def _schedule_batch_decode_gemvs(rule) -> tvm.transform.Pass:
