@@ -33,7 +33,7 @@ TINY, F16, BIG, BIG8 = "tiny-llama-f32", "smollm2-shape-f16", "llama-1b-shape-f1
 # older tvmlm) is an A/B variant of <model>: same weights, another library.
 PEAK_BW = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}  # bytes/s
 STAGES = {  # name -> timeout (s) on the GPU machine; the CPU dry run gets 20x
-    "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "prepare_8b": 240, "core_speed": 180, "profile": 60, "engine_speed": 120,
+    "prepare": 150, "parity_tiny": 60, "parity_f16": 60, "prepare_8b": 240, "core_speed": 180, "prefill_speed": 90, "profile": 60, "engine_speed": 120,
     "engine_speed_8b": 120,
     "hf_speed": 90,
 }  # fmt: skip
@@ -327,6 +327,48 @@ def stage_core_speed(args) -> dict:
     return out
 
 
+def matmul_flops_per_token(meta: dict) -> int:
+    """2 x the decoder's projection weights (qkv, o, gate_up, down): the matmul work of one token
+    through the layers (attention scores and the one-row lm_head left out)."""
+    n = 0
+    for p in meta["params"]:
+        if p["name"].endswith("proj.weight"):
+            size = 1
+            for d in p["shape"]:
+                size *= int(d)
+            n += size
+    return 2 * n
+
+
+def stage_prefill_speed(args) -> dict:
+    """_core.Model prefill of one prompt of 512 and 2048 tokens (batch_prefill; float16 matmuls on
+    tensor cores, models/tensor_cores.py): ms, tok/s and the projections' TFLOP/s."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    out = {}
+    lengths = (64, 128) if args.quick else (512, 2048)
+    for name in speed_models(args):
+        meta = json.loads((args.work / f"pkg-{name}" / "metadata.json").read_text())
+        m = new_core_model(args, name, batch=1, total=max(lengths) + 64, chunk=max(lengths))
+        flops = matmul_flops_per_token(meta)
+        res = out[name] = {"matmul_flops_per_token": flops}
+        for n in lengths:
+            prompt = rand_prompt(rng, meta["vocab_size"], n)
+            times = []
+            for _ in range(1 if args.quick else 3):  # the first call also pays one-time setup
+                m.add_sequence(0)
+                t0 = time.perf_counter()
+                m.prefill([0], [prompt])  # returns the last row's logits on the host: synchronized
+                times.append(time.perf_counter() - t0)
+                m.remove_sequence(0)
+            best = min(times)
+            res[f"p{n}"] = {"ms": round(best * 1e3, 2), "tok_s": round(n / best, 1),
+                            "matmul_TFLOP_s": round(flops * n / best / 1e12, 2)}  # fmt: skip
+        del m
+    return out
+
+
 def stage_profile(args) -> dict:
     """Where a batch-1 decode step's time goes: CUDA kernel time (CUPTI, through torch.profiler,
     which sees every kernel in the process) against the step's wall time."""
@@ -598,6 +640,11 @@ def print_table(report: dict) -> None:
             if key.startswith("b") and isinstance(r, dict):
                 print(f"    _core.Model decode {key:4s}: {r['ms_per_step']:8.3f} ms/step {r['tok_s']:9.1f} tok/s  "
                       f"weights read {r['weight_GB_s']:7.1f} GB/s {r['weight_GB_s'] * 1e9 / peak:6.1%} of peak")  # fmt: skip
+    for name, res in (s.get("prefill_speed") or {}).items():
+        for key, r in (res.items() if isinstance(res, dict) else []):
+            if key.startswith("p") and isinstance(r, dict):
+                print(f"  _core.Model prefill {name} {key[1:]:>5s} tokens: {r['ms']:9.2f} ms {r['tok_s']:10.1f} tok/s  "
+                      f"projections {r['matmul_TFLOP_s']:6.2f} TFLOP/s")  # fmt: skip
     for name, r in (s.get("profile") or {}).items():
         if isinstance(r, dict) and "wall_ms_per_step" in r:
             print(f"  profile {name} b1: wall {r['wall_ms_per_step']} ms/step, GPU busy {r['gpu_busy_ms_per_step']} ms "
