@@ -55,10 +55,15 @@ class CompileOptions:
 
 
 def tvm_version() -> str:
-    try:
-        return importlib_metadata.version("apache-tvm")
-    except importlib_metadata.PackageNotFoundError:  # a source build of TVM
-        return "unknown"
+    """apache-tvm's version and apache-tvm-ffi's: the ffi decides whether float16 matmuls can be
+    tensorized (models/tensor_cores.py), so a library built under another one is another library."""
+    versions = []
+    for dist in ("apache-tvm", "apache-tvm-ffi"):
+        try:
+            versions.append(importlib_metadata.version(dist))
+        except importlib_metadata.PackageNotFoundError:  # a source build
+            versions.append("unknown")
+    return "+ffi".join(versions)
 
 
 def host_fingerprint() -> str:
