@@ -109,3 +109,18 @@ def test_library_key_changes_with_the_model_code(tmp_path, monkeypatch):
         assert compile_mod.code_fingerprint() != before
     finally:
         compile_mod.code_fingerprint.cache_clear()
+
+
+@pytest.mark.unit
+def test_source_index_key_changes_with_the_model_code(tmp_path, monkeypatch):
+    """The warm path's source index is keyed on the code too: after a kernel change it misses, so
+    the package is rebuilt instead of the old one being handed out (the library key alone is not
+    enough: the index maps straight to a package)."""
+    import tvmlm.compile_keys as keys
+
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF" + bytes(64))
+    before = keys.source_key([str(weights)], {"kind": "llvm"}, keys.CompileOptions())
+    assert keys.source_key([str(weights)], {"kind": "llvm"}, keys.CompileOptions()) == before
+    monkeypatch.setattr(keys, "code_fingerprint", lambda: "changed")
+    assert keys.source_key([str(weights)], {"kind": "llvm"}, keys.CompileOptions()) != before

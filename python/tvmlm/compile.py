@@ -28,9 +28,8 @@ from typing import Any
 from filelock import FileLock
 
 from . import integrity
-from ._version import __version__
-from .compile_keys import (CompileOptions, device_compile_args, device_dtype, digest, lib_key, target_key,  # noqa: F401
-                           tvm_version, weights_fingerprint)
+from .compile_keys import (CompileOptions, device_compile_args, device_dtype, digest, lib_key, source_key,  # noqa: F401
+                           target_key, weights_fingerprint)
 from .config import model_kv_dtype
 from .errors import ConfigError, ModelError, ModelNotFoundError, TvmlmError
 
@@ -123,7 +122,7 @@ def prepare_package(
     root = cache_dir()
     # Warm path: a source index maps (weight files, target, options) to the package, so a cache hit
     # parses neither the GGUF metadata (seconds for a 49k-token vocabulary) nor config files.
-    index = root / "sources" / f"{digest({'files': weights_fingerprint(_source_files(model_path)), 'target': tkey, 'options': options.as_dict(), 'tvmlm': __version__, 'tvm': tvm_version()})}.json"
+    index = root / "sources" / f"{source_key(_source_files(model_path), tkey, options)}.json"
     hit = _index_lookup(index, root)
     if hit is not None:
         return hit

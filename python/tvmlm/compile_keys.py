@@ -16,7 +16,8 @@ from typing import Any
 from ._version import __version__
 
 __all__ = ["CompileOptions", "code_fingerprint", "device_compile_args", "device_dtype", "digest", "host_fingerprint",
-           "lib_key", "target_key", "tvm_version", "weights_fingerprint"]
+           "lib_key", "source_key", "target_key", "tvm_version",
+           "weights_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,13 @@ def code_fingerprint() -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def source_key(files: list[str], target: dict[str, Any], options: CompileOptions) -> str:
+    """The warm path's key (compile.py's source index): the weight files, target, options, versions
+    and code, so a hit never hands out a package that changed code would build differently."""
+    return digest({"files": weights_fingerprint(files), "target": target, "options": options.as_dict(),
+                   "tvmlm": __version__, "tvm": tvm_version(), "code": code_fingerprint()})
 
 
 def lib_key(hf_config: dict[str, Any], target: dict[str, Any], options: CompileOptions) -> str:
