@@ -40,7 +40,7 @@ def test_bench_smoke_greedy_tokens_and_ratios(tiny_model_dir, tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     proc = subprocess.run(
         [sys.executable, "-m", "tvmlm.bench", "--models", model, "--peers", peers, "--rounds", "2", "--threads", "1",
-         "--prefill", "16,64", "--contexts", "0,64", "--decode-tokens", "8", "--concurrency", "3",
+         "--prefill", "16,64", "--contexts", "0,64", "--decode-tokens", "16", "--concurrency", "3",
          "--check-tokens", "8", "--json", str(out), "--markdown", str(md), "--work-dir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=900,
     )
@@ -58,7 +58,7 @@ def test_bench_smoke_greedy_tokens_and_ratios(tiny_model_dir, tmp_path):
     # every figure of every peer has samples, and every row of the table a ratio
     summary_ = rep["summary"][f"{Path(model).name} t=1"]
     metrics = ["load_cold_s", "load_warm_s", "prefill_16_tok_s", "prefill_64_tok_s", "decode_ctx0_tok_s",
-               "decode_ctx64_tok_s", "concurrent_3_tok_s"]
+               "decode_ctx64_tok_s", "concurrent_3_tok_s", "concurrent_3_decode_tok_s"]
     rss = [k for k in summary_["tvmlm"] if k.startswith("rss_ctx")]
     assert len(rss) == 1 and rss[0].endswith("_mb")
     metrics += rss

@@ -101,7 +101,8 @@ class LlamaCppPeer:
         return tokens, (n - 1) / seconds if n > 1 else float("nan")
 
     def concurrent(self, prompts: list[list[int]], n: int) -> float:
-        """Generated tokens/s for len(prompts) sequences decoded together (prefills included)."""
+        """Seconds to generate n tokens for each of len(prompts) sequences decoded together
+        (prefills included)."""
         if len(prompts) > self.max_seqs:
             raise ValueError(f"{len(prompts)} sequences but n_seq_max={self.max_seqs}")
         self._clear()
@@ -112,7 +113,7 @@ class LlamaCppPeer:
             self._decode([(tok, pos[s], s, True) for s, tok in enumerate(last)])
             last = [self._argmax(i) for i in range(len(prompts))]
             pos = [p + 1 for p in pos]
-        return len(prompts) * n / (time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         self.L.llama_batch_free(self.batch)

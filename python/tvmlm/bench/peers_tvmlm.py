@@ -73,7 +73,7 @@ class TvmlmPeer:
         return tokens, rate
 
     def concurrent(self, prompts: list[list[int]], n: int) -> float:
-        """Generated tokens/s with every prompt in flight at once (prefills included)."""
+        """Seconds to generate n tokens for every prompt, all in flight at once (prefills included)."""
         counts: list[int] = []
         errors: list[BaseException] = []
 
@@ -90,9 +90,12 @@ class TvmlmPeer:
             t.start()
         for t in threads:
             t.join()
+        seconds = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        return sum(counts) / (time.perf_counter() - t0)
+        if sum(counts) != n * len(prompts):
+            raise RuntimeError(f"generated {sum(counts)} tokens, expected {n * len(prompts)}")
+        return seconds
 
     def close(self) -> None:
         self.engine.terminate()

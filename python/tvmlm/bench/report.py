@@ -19,11 +19,11 @@ FA_NAMES = {"llama.cpp": "fa auto", "llama.cpp-fa-off": "fa off"}
 
 
 def metric_order(key: str) -> tuple:
-    """(group, number) so that rows come out as load, prefill, decode, concurrency, memory."""
+    """(group, number, key) so that rows come out as load, prefill, decode, concurrency, memory."""
     groups = ["load_cold_s", "load_warm_s", "prefill_", "decode_ctx", "concurrent_", "rss_ctx"]
     g = next(i for i, p in enumerate(groups) if key.startswith(p))
     digits = "".join(ch for ch in key if ch.isdigit())
-    return g, int(digits) if digits else 0
+    return g, int(digits) if digits else 0, key
 
 
 def metric_label(key: str) -> tuple[str, bool]:
@@ -39,7 +39,9 @@ def metric_label(key: str) -> tuple[str, bool]:
         return f"prefill {n} tokens (tok/s)", True
     if key.startswith("decode_ctx"):
         return f"decode at context {n} (tok/s)", True
-    return f"{n} concurrent, generated (tok/s)", True
+    if key.endswith("_decode_tok_s"):
+        return f"{n} concurrent, decode phase (tok/s)", True
+    return f"{n} concurrent, generated incl. prefills (tok/s)", True
 
 
 def _metric_keys(r: dict[str, Any]) -> list[str]:

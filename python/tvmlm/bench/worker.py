@@ -68,11 +68,17 @@ def run_single(spec: dict[str, Any], w: Workload) -> dict[str, Any]:
 
 
 def run_concurrent(spec: dict[str, Any], w: Workload) -> dict[str, Any]:
-    c = w.concurrency
-    peer = make_peer(spec, CONCURRENT_PROMPT + w.decode_tokens + 16, c)
-    peer.prefill_seconds(prompt(SHORT_PROMPT, peer.vocab, seed=99))  # warm-up
-    prompts = [prompt(CONCURRENT_PROMPT, peer.vocab, seed=1000 + i) for i in range(c)]
-    out = {f"concurrent_{c}_tok_s": peer.concurrent(prompts, w.decode_tokens), **peer.info}
+    """Generated tokens/s with the prefills included, and in the decode phase alone: (n - 1)
+    tokens per sequence over the time n tokens take beyond 1 token (fresh prompts for each, so
+    no prefix-cache hit)."""
+    c, n = w.concurrency, w.decode_tokens
+    peer = make_peer(spec, CONCURRENT_PROMPT + n + 16, c)
+    peer.concurrent([prompt(CONCURRENT_PROMPT, peer.vocab, seed=3000 + i) for i in range(c)], 2)  # warm-up
+    first = peer.concurrent([prompt(CONCURRENT_PROMPT, peer.vocab, seed=2000 + i) for i in range(c)], 1)
+    whole = peer.concurrent([prompt(CONCURRENT_PROMPT, peer.vocab, seed=1000 + i) for i in range(c)], n)
+    out = {f"concurrent_{c}_tok_s": c * n / whole, **peer.info}
+    if n > 1 and whole > first:
+        out[f"concurrent_{c}_decode_tok_s"] = c * (n - 1) / (whole - first)
     peer.close()
     return out
 
