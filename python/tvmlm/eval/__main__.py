@@ -18,9 +18,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="a UTF-8 text file (default: the shipped public-domain corpus)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (default: all)")
     p.add_argument("--device", default="cpu", help="tvmlm's device: cpu or cuda[:i] (default cpu)")
-    p.add_argument("--variant", action="append", default=[], choices=["f32-kv", "float-act"],
-                   help="also evaluate a tvmlm build with a float32 KV cache (f32-kv) or float32 activations "
-                   "and KV cache (float-act); repeatable")
+    p.add_argument("--variant", action="append", default=[], choices=["f32-kv", "f16-kv", "float-act"],
+                   help="also evaluate a tvmlm build with a float32 or float16 KV cache (f32-kv, f16-kv) or "
+                   "float32 activations and KV cache (float-act); repeatable")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is installed")
     p.add_argument("--json", help="write the numbers to this file")
     return p

@@ -17,12 +17,14 @@ logger = logging.getLogger("tvmlm.eval")
 
 def variant_options(name: str):
     """tvmlm builds besides the default one, to tell which approximation costs what:
-    f32-kv: int8 activations, float32 KV cache (the default KV cache is bfloat16 on CPUs that
-    multiply bfloat16); float-act: float32 activations into dequantized weights, float32 KV cache."""
+    f32-kv / f16-kv: int8 activations, a float32 / float16 KV cache (the default KV cache is
+    bfloat16 on CPUs that multiply bfloat16; llama.cpp's is float16); float-act: float32
+    activations into dequantized weights, float32 KV cache."""
     from ..compile import CompileOptions
 
     options = {
         "f32-kv": CompileOptions(dtype=None, kv_dtype="float32"),
+        "f16-kv": CompileOptions(dtype=None, kv_dtype="float16"),
         "float-act": CompileOptions(dtype=None, int8_activations=False),
     }
     if name not in options:
