@@ -85,6 +85,8 @@ GGUF_CASES = {
     "gguf-nan-rms-eps": ((_kv_value("llama.attention.layer_norm_rms_epsilon"), struct.pack("<f", float("nan"))),
                          ["layer_norm_rms_epsilon", "finite number"]),
     "gguf-bad-alignment": (None, ["general.alignment", "power of two"]),  # built below
+    "gguf-huge-block-count": ((_kv_value("llama.block_count"), _u32(2**30)),
+                              ["'model.layers.2.*' missing", "gives 1073741824 layer(s)", "hold 2"]),
     "gguf-unknown-tensor-type": ((_tensor_field("blk.0.ffn_up.weight", "type"), _u32(99)),
                                  ["'blk.0.ffn_up.weight'", "unknown GGML type 99"]),
     "gguf-five-dims": ((_tensor_field("blk.0.ffn_up.weight", "ndims"), _u32(5)), ["'blk.0.ffn_up.weight'", "5 dimensions"]),
@@ -187,6 +189,7 @@ HF_CASES = {
     "config-hidden-as-string": (_set_config(hidden_size="64"), "config.json", ["hidden_size", "'64'"]),
     "config-missing-vocab": (_set_config(vocab_size=None), "config.json", ["vocab_size", "missing"]),
     "config-fewer-layers": (_set_config(num_hidden_layers=1), "model.safetensors", ["model.layers.1.", "layer 1", "gives 1 layer(s)"]),
+    "config-more-layers": (_set_config(num_hidden_layers=10**9), "config.json", ["'model.layers.2.*' missing", "gives 1000000000 layer(s)"]),
     "config-nan-eps": (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": NaN')), "config.json", ["rms_norm_eps", "finite"]),
     "tokenizer-json-not-json": (_write("tokenizer.json", b"not json"), "tokenizer.json", ["not a tokenizers file"]),
     "tokenizer-json-a-list": (_write("tokenizer.json", b"[1, 2, 3]"), "tokenizer.json", ["not a tokenizers file", "expected struct Tokenizer"]),

@@ -249,6 +249,11 @@ def _check_shapes(cfg: dict[str, Any], tensors: Tensors, source: str, described:
     if not tensors:
         return
     layers = cfg["num_hidden_layers"]
+    # Before listing every layer's tensors: a corrupt layer count (e.g. 2**60) must not become a loop.
+    held = 1 + max((int(m.group(1)) for name in tensors if (m := _LAYER.match(name))), default=-1)
+    if layers > held:
+        raise ModelFileError(source, "tensors", f"'model.layers.{held}.*' missing: {described} gives {layers} "
+                                                f"layer(s), the weights hold {held}")
     expected, optional = expected_shapes(cfg)
     for name, (shape, file) in tensors.items():
         m = _LAYER.match(name)
