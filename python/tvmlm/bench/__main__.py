@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        results = run(plan, log) if a.rounds > 0 else []
+        # --rounds 0: only the cold loads (compiles into --work-dir), or with --merge only the merged runs
+        results = run(plan, log) if a.rounds > 0 or not a.merge else []
     finally:
         if not a.work_dir:
             cleanup(plan)
