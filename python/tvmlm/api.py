@@ -281,11 +281,16 @@ def start_requests(generator: Generator, prepared: Prepared, notify: bool = Fals
     return requests
 
 
+def renumber(out: Output, prompt: int, n: int) -> Output:
+    """Choice j of prompt i of a batch is the response's choice i * n + j."""
+    out.index += prompt * n
+    return out
+
+
 def numbered(outputs: Iterator[Output], prompt: int, n: int) -> Iterator[Output]:
     """Outputs of prompt `prompt` of a batch, their index made the batch's choice index."""
     for out in outputs:
-        out.index += prompt * n
-        yield out
+        yield renumber(out, prompt, n)
 
 
 def _respond(generator: Generator, prepared: Prepared):

@@ -99,12 +99,12 @@ class AsyncEngine(Engine):
         finally:
             self._finish([request])
 
-    def _finish(self, requests: list[Request]) -> None:
+    def _finish(self, requests: list[Request], response_id: str | None = None) -> None:
         for request in requests:
             request.close()  # aborts in the core unless every choice finished
             self._ready_events.pop(request.request_id, None)
-        if len(requests) > 1:  # a batch's group id is its response id, "<id>-<i>" minus the suffix
-            self.generator.request_groups.pop(requests[0].request_id.rpartition("-")[0], None)
+        if response_id is not None:  # a batch's group, registered by api.start_requests
+            self.generator.request_groups.pop(response_id, None)
 
 
 def _set_all(events: list[asyncio.Event]) -> None:
@@ -130,7 +130,7 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
-        self._engine._finish(self._requests)  # also when iteration never started
+        self._engine._finish(self._requests, self._shaper.id)  # also when iteration never started
 
     close = aclose
 
@@ -141,7 +141,7 @@ class AsyncStream:
         await self.aclose()
 
     def __del__(self) -> None:  # dropped without aclose: abort unless finished, forget its event
-        self._engine._finish(self._requests)
+        self._engine._finish(self._requests, self._shaper.id)
 
     @property
     def response_id(self) -> str:
@@ -155,16 +155,10 @@ class AsyncStream:
 async def _chunks(engine: AsyncEngine, requests: list[Request], shaper: Any):
     for i, request in enumerate(requests):  # all run in the core at once; streamed prompt by prompt
         async for out in engine._outputs(request):
-            for chunk in shaper.chunks(_renumber(out, i, shaper.n)):
+            for chunk in shaper.chunks(api.renumber(out, i, shaper.n)):
                 yield chunk
     for chunk in shaper.end(requests[0].timing):
         yield chunk
-
-
-def _renumber(out: Output, prompt: int, n: int) -> Output:
-    """Choice j of prompt i of a batch is the response's choice i * n + j."""
-    out.index += prompt * n
-    return out
 
 
 async def _respond(engine: AsyncEngine, prepared: api.Prepared):
@@ -173,10 +167,10 @@ async def _respond(engine: AsyncEngine, prepared: api.Prepared):
     if prepared.req.stream:
         return AsyncStream(engine, requests, shaper)
     try:
-        outputs = [_renumber(out, i, shaper.n) for i, request in enumerate(requests)
+        outputs = [api.renumber(out, i, shaper.n) for i, request in enumerate(requests)
                    async for out in engine._outputs(request)]
     finally:
-        engine._finish(requests)  # a cancelled task aborts the prompts it did not reach
+        engine._finish(requests, shaper.id)  # a cancelled task aborts the prompts it did not reach
     return shaper.whole(outputs, requests[0].timing)
 
 
