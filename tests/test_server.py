@@ -200,7 +200,7 @@ def test_sigterm_with_16_streams_in_flight(tiny_package):
     async def stream(client, i, started):
         try:
             s = await client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": f"story {i}"}], max_tokens=3000,
+                model="tiny", messages=[{"role": "user", "content": f"story {i}"}], max_tokens=4000,
                 temperature=0.0, stream=True, extra_body={"ignore_eos": True})
             finish = None
             async for chunk in s:
@@ -245,5 +245,10 @@ def test_sigterm_with_16_streams_in_flight(tiny_package):
         srv.kill()
     (rc, when), = exited
     assert rc == 0 and when - t0 < 10, (when - t0, srv.output)
-    assert len(outcomes) == 16 and all(o in ("abort", "length") or o.startswith("closed") for o in outcomes), outcomes
-    assert "aborted" in srv.output and "stopped" in srv.output
+    assert len(outcomes) == 16 and "stopped" in srv.output, (outcomes, srv.output[-3000:])
+    # A machine fast enough finishes all 16 within the drain (none aborted, nothing logged); else
+    # the rest are aborted (a final "abort" chunk, or the connection closed by the exit) and logged.
+    if "aborted" in srv.output:
+        assert all(o in ("abort", "length") or o.startswith("closed") for o in outcomes), outcomes
+    else:
+        assert outcomes == ["length"] * 16, (outcomes, srv.output[-3000:])

@@ -30,9 +30,11 @@ class TvmlmPeer:
         self.load_s = time.perf_counter() - t0  # import + construct: what a fresh serving process pays
         self.vocab = int(self.engine.metadata["vocab_size"])
         self.info = {"kv_dtype": self.engine.config.kv_dtype, "threads": self.engine.config.num_threads}
+        self.last_itl = 0.0
 
     def _stream(self, ids: list[int], max_tokens: int):
-        """Yield (arrival time, token ids) per delta of a greedy request (EOS ignored)."""
+        """Yield (arrival time, token ids) per delta of a greedy request (EOS ignored). The final
+        delta's core-measured mean inter-token latency is left in `self.last_itl`."""
         from tvmlm import protocol
 
         gen = self.engine.generator
@@ -48,7 +50,8 @@ class TvmlmPeer:
             for d in deltas:
                 if d.finish_reason == "error":
                     raise RuntimeError(f"request failed: {d.error}")
-                done = done or d.finish_reason is not None
+                if d.finish_reason is not None:
+                    done, self.last_itl = True, d.inter_token_latency
                 if d.token_ids:
                     yield now, list(d.token_ids)
 
@@ -60,8 +63,10 @@ class TvmlmPeer:
         raise RuntimeError("no token came back")
 
     def decode(self, ids: list[int], n: int) -> tuple[list[int], float]:
-        """(greedy tokens, decode tokens/s over the tokens after the first)."""
-        tokens, first, last, later = [], None, None, 0
+        """(greedy tokens, decode tokens/s over the tokens after the first), timed by arrival. When
+        the later tokens all arrive with the first (a tiny model outruns the consumer, so the deltas
+        coalesce) arrival times say nothing: the core's inter-token latency is the rate then."""
+        tokens, first, last, later, self.last_itl = [], None, None, 0, 0.0
         for now, got in self._stream(ids, n):
             if first is None:
                 first, later = now, len(got) - 1
@@ -69,8 +74,9 @@ class TvmlmPeer:
                 later += len(got)
             last = now
             tokens += got
-        rate = later / (last - first) if last and first and last > first else float("nan")
-        return tokens, rate
+        if last is not None and first is not None and last > first:
+            return tokens, later / (last - first)
+        return tokens, 1.0 / self.last_itl if self.last_itl > 0 else float("nan")
 
     def concurrent(self, prompts: list[list[int]], n: int) -> float:
         """Seconds to generate n tokens for every prompt, all in flight at once (prefills included)."""
