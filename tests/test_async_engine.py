@@ -120,7 +120,7 @@ def test_the_event_loop_is_never_blocked(aengine):
     reasons, gaps, threads_during = asyncio.run(run())
     assert reasons == ["length"] * 32
     assert threads_during == [threads_before]  # no thread per request
-    assert len(gaps) > 10 and sorted(gaps)[len(gaps) // 2] < 0.05  # the loop kept running
+    assert len(gaps) > 10 and sorted(gaps)[len(gaps) // 2] < 0.1  # the loop kept running (5 ms ticks)
 
 
 def test_cancel_close_and_drop_abort_in_the_core(aengine):
