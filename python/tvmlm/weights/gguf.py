@@ -15,6 +15,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from . import gguf_blocks
+from .gguf_chat import end_of_turn_ids, fallback_chat_template
 from .check_gguf import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
@@ -347,9 +348,15 @@ def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
         i = meta.get(f"tokenizer.ggml.{key}")
         return None if i is None else tokens[i]
 
+    types = meta.get("tokenizer.ggml.token_type")
+    template = meta.get("tokenizer.chat_template")
+    if not template and (fallback := fallback_chat_template(tokens, types)) is not None:
+        logger.warning("the GGUF has no chat template; using the %s turn format its vocabulary's "
+                       "special tokens imply", fallback[0])
+        template = fallback[1]
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # lets transformers open the dir as well
-        "chat_template": meta.get("tokenizer.chat_template"),
+        "chat_template": template,
         "bos_token": name("bos_token_id"),
         "eos_token": name("eos_token_id"),
         "unk_token": name("unknown_token_id"),
@@ -360,11 +367,12 @@ def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
         "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
-    # llama.cpp also stops on end-of-turn / end-of-message tokens; keep them as extra eos ids.
+    # llama.cpp also stops on end-of-turn / end-of-message tokens, named in the metadata or not;
+    # keep them as extra eos ids.
     eos = [
         i
         for k in ("eos_token_id", "eot_token_id", "eom_token_id")
         if (i := meta.get(f"tokenizer.ggml.{k}")) is not None
-    ]
+    ] + end_of_turn_ids(tokens, types)
     gen = {"bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": list(dict.fromkeys(eos))}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
