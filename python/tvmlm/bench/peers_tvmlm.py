@@ -14,6 +14,11 @@ import time
 from typing import Any
 
 
+# Tokens per prefill step: llama.cpp's default n_ubatch, the chunk its compute buffer is sized for,
+# so that both engines hold one chunk's activations and peak RSS compares like with like.
+PREFILL_CHUNK = 512
+
+
 class TvmlmPeer:
     def __init__(self, model: str, threads: int, kv_dtype: str | None, max_len: int, max_seqs: int = 1):
         t0 = time.perf_counter()
@@ -22,7 +27,7 @@ class TvmlmPeer:
         config = EngineConfig(
             max_num_sequence=max_seqs,
             max_total_sequence_length=max_len * max_seqs,
-            prefill_chunk_size=min(2048, max_len * max_seqs),
+            prefill_chunk_size=min(PREFILL_CHUNK, max_len * max_seqs),
             num_threads=threads,
             kv_dtype=kv_dtype,
         )
