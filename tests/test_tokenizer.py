@@ -201,8 +201,9 @@ def smollm2(tmp_path_factory):
 def test_smollm2_tokenizer_matches_transformers(smollm2):
     mine, ref, out = smollm2
     assert mine.vocab_size == 49152
-    assert (mine.bos_token_id, mine.eos_token_ids) == (1, [2])
-    assert (mine.id_to_token(1), mine.id_to_token(2)) == ("<|im_start|>", "<|im_end|>")
+    # eos: the file's <|im_end|>, then the end-of-turn control tokens llama.cpp stops on too
+    assert (mine.bos_token_id, mine.eos_token_ids) == (1, [2, 0])
+    assert (mine.id_to_token(1), mine.id_to_token(2), mine.id_to_token(0)) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
     _assert_same_tokenization(mine, ref)
     # individual digits (the "smollm" pre-tokenizer), control tokens kept whole
     assert mine.encode("12345", add_special_tokens=False) == [mine.token_to_id(c) for c in "12345"]

@@ -3,6 +3,7 @@ the files beside it (tokenizer_config.json, generation_config.json, config.json,
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,15 @@ def _as_list(v: Any) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
 
 
+def _return_freed_heap() -> None:
+    """Give the heap that parsing tokenizer.json freed back to the OS: glibc keeps it mapped
+    otherwise (Gemma 3's 262k-piece vocabulary: 200 MB of RSS held for the process's life)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class Tokenizer:
     def __init__(self, tokenizer_dir: str | Path):
         d = Path(tokenizer_dir)
@@ -33,6 +43,7 @@ class Tokenizer:
         if not tok_file.is_file():
             raise ModelNotFoundError(f"no tokenizer.json in {str(d)!r}")
         self._tok = load_tokenizer_json(tok_file)  # ModelFileError naming the file
+        _return_freed_heap()
         cfg = normalized_tokenizer_config(d)
         gen = _read_json(d / "generation_config.json")
         model_cfg = _read_json(d / "config.json")

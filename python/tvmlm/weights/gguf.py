@@ -339,9 +339,21 @@ def _special_token_processor(meta: _Metadata, tokens: list[str]):
     )
 
 
+def save_tokenizer(tok, path: Path) -> None:
+    """Save a `tokenizers.Tokenizer`, BPE merges as "a b" strings where no piece holds a space:
+    `tokenizers` parses the [a, b] pairs it writes by default with twice the transient memory
+    (Gemma 3's 515k merges: 380 MB peak RSS to load instead of 200)."""
+    data = json.loads(tok.to_str())
+    model = data.get("model") or {}
+    merges = model.get("merges")
+    if model.get("type") == "BPE" and merges and all(isinstance(m, list) and " " not in m[0] + m[1] for m in merges):
+        model["merges"] = [f"{a} {b}" for a, b in merges]
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
 def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
     tok = build_tokenizer(meta)
-    tok.save(str(out / "tokenizer.json"))
+    save_tokenizer(tok, out / "tokenizer.json")
     tokens = meta.get("tokenizer.ggml.tokens")
 
     def name(key: str) -> str | None:
