@@ -11,10 +11,15 @@ from .cpu_attention_tir import LOG2E, NEG, in_window, start_online_softmax, tree
 from .fast_math import fast_exp2, reduce_lanes
 
 
+# Parallel tasks a decode step's attention aims for: key splits are added until (sequence, kv head,
+# split) reaches it (a machine's cores; more tasks than cores cost a merge, not balance).
+DECODE_TASKS = 8
+
+
 @T.macro
-def attend_pages(q, output, lse, row, b, hk, kbegin, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
+def attend_pages(q, output, lse, row, out_row, b, hk, kbegin, kend, pages, page_values, pg0, length_info, sliding_window, sm_scale,
                   G, TK, D, VQ, NQ, page_size, dtype, window):
-    """output[row] and lse[row] for the G query heads of kv head hk in q[row]: attention over keys [kbegin, kend) of
+    """output[out_row] and lse[out_row] for the G query heads of kv head hk in q[row]: attention over keys [kbegin, kend) of
     sequence b's pages, in tiles of TK keys with an online float32 softmax (scores in log2 space). Each key's
     page slot is looked up once for all G heads and for both K and V. Scores and p @ v are vector expressions
     (no loop-carried memory accumulators). Expands inside the caller's per-task sblock (the scratch buffers)."""
@@ -58,21 +63,26 @@ def attend_pages(q, output, lse, row, b, hk, kbegin, kend, pages, page_values, p
     for g in T.serial(G):
         if kend > kbegin:  # a window can leave a query no key in these pages (a later prefill chunk)
             for dd in T.vectorized(D):
-                output[row, hk * G + g, dd] = T.Cast(dtype, acc[g, dd] / l[g])
-            lse[row, hk * G + g] = m[g] + T.log2(l[g])
+                output[out_row, hk * G + g, dd] = T.Cast(output.dtype, acc[g, dd] / l[g])
+            lse[out_row, hk * G + g] = m[g] + T.log2(l[g])
         else:  # no visible key: output 0 and lse -5e4, as TVM's kernels
             for dd in T.serial(D):
-                output[row, hk * G + g, dd] = T.Cast(dtype, T.float32(0))
-            lse[row, hk * G + g] = T.float32(NEG)
+                output[out_row, hk * G + g, dd] = T.Cast(output.dtype, T.float32(0))
+            lse[out_row, hk * G + g] = T.float32(NEG)
 
 
 def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bool = False, page_size: int = 16,
                      window: int = 0):
     """Drop-in replacement for ``_attention_decode_cpu(h_kv, h_q, d, dtype, sliding_window, ..., page_size)``.
 
-    Parallel over (sequence, kv head); the ``group_size`` query heads of a kv head are scored against each
+    Parallel over (sequence, kv head, key split); the ``group_size`` query heads of a kv head are scored against each
     key/value row together (each row is read once per kv head), keys are processed in tiles of ``page_size`` with an
-    online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original."""
+    online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original.
+
+    Key splits (flash-decoding): with fewer (sequence, kv head) pairs than ``DECODE_TASKS`` (one sequence of a
+    model with one or a few KV heads: Gemma 3 270M has one), each pair's keys are cut into up to that many runs
+    of whole tiles, attended in parallel into float32 partial outputs, then merged by their log-sum-exps.
+    Without it one thread did a whole decode step's attention while the others waited."""
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
 
     G = h_q // h_kv
@@ -121,18 +131,57 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
 
         assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
 
-        for p in T.parallel(B * h_kv):
-            with T.sblock("attn"):
-                T.reads()
-                T.writes()
-                b: T.let[T.int32] = p // h_kv
-                hk: T.let[T.int32] = p % h_kv
-                pg0: T.let[T.int32] = page_table_indptr[b]
-                pg1: T.let[T.int32] = page_table_indptr[b + 1]
-                kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
-                kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
-                attend_pages(Q, output, lse, b, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info, sliding_window,
-                              sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+        with T.sblock("root"):
+            T.reads()
+            T.writes()
+            part = T.sblock_alloc_buffer((DECODE_TASKS * B, h_q, D), "float32")  # row: split * B + sequence
+            part_lse = T.sblock_alloc_buffer((DECODE_TASKS * B, h_q), "float32")
+            splits: T.let[T.int32] = T.min(DECODE_TASKS, T.max(1, (DECODE_TASKS + B * h_kv - 1) // T.max(B * h_kv, 1)))
+            for p in T.parallel(B * h_kv * splits):
+                with T.sblock("attn"):
+                    T.reads()
+                    T.writes()
+                    b: T.let[T.int32] = p // (h_kv * splits)
+                    hk: T.let[T.int32] = p // splits % h_kv
+                    sp: T.let[T.int32] = p % splits
+                    pg0: T.let[T.int32] = page_table_indptr[b]
+                    pg1: T.let[T.int32] = page_table_indptr[b + 1]
+                    kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
+                    kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
+                    # this split's run of whole tiles (the first keeps the window's start inside its first tile)
+                    tile0: T.let[T.int32] = kbegin // TK
+                    per: T.let[T.int32] = ((kv_len + TK - 1) // TK - tile0 + splits - 1) // splits
+                    attend_pages(Q, part, part_lse, b, sp * B + b, b, hk, T.max(kbegin, (tile0 + sp * per) * TK),
+                                 T.min(kv_len, (tile0 + (sp + 1) * per) * TK), pages, page_table_values, pg0, length_info,
+                                 sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+            for p in T.parallel(B * h_q):
+                with T.sblock("merge"):
+                    T.reads()
+                    T.writes()
+                    b: T.let[T.int32] = p // h_q
+                    h: T.let[T.int32] = p % h_q
+                    top = T.sblock_alloc_buffer((1,), "float32")
+                    total = T.sblock_alloc_buffer((1,), "float32")
+                    acc = T.sblock_alloc_buffer((D,), "float32")
+                    top[0] = T.float32(NEG)
+                    total[0] = T.float32(0)
+                    for sp in T.serial(splits):
+                        top[0] = T.max(top[0], part_lse[sp * B + b, h])
+                    for dd in T.vectorized(D):
+                        acc[dd] = T.float32(0)
+                    for sp in T.serial(splits):
+                        w: T.let[T.float32] = T.exp2(part_lse[sp * B + b, h] - top[0])
+                        total[0] = total[0] + w
+                        for dd in T.vectorized(D):
+                            acc[dd] = acc[dd] + part[sp * B + b, h, dd] * w
+                    if top[0] > T.float32(NEG):
+                        for dd in T.vectorized(D):
+                            output[b, h, dd] = T.Cast(dtype, acc[dd] / total[0])
+                        lse[b, h] = top[0] + T.log2(total[0])
+                    else:  # no visible key in any split
+                        for dd in T.serial(D):
+                            output[b, h, dd] = T.Cast(dtype, T.float32(0))
+                        lse[b, h] = T.float32(NEG)
 
     return batch_decode_paged_kv
 
@@ -217,7 +266,7 @@ def prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 
                 row: T.let[T.int32] = tok - q_indptr[b]
                 kend: T.let[T.int32] = visible_end(causal, kv_len, qo_len, row)
                 kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[tok], k_rope_pos_offset[b], window)
-                attend_pages(q, output, lse, tok, b, hk, kbegin, kend, pages, page_values, pg0, length_info, False,
+                attend_pages(q, output, lse, tok, tok, b, hk, kbegin, kend, pages, page_values, pg0, length_info, False,
                               sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
 
     return batch_prefill_paged_kv
