@@ -86,6 +86,7 @@ def _run_decode(func, q, pages, indptr, values, length_info, sm_scale):
         (2, 4, 32, [17, 64, 3, 1, 250]),
         (1, 4, 64, [130, 2, 65]),
         (3, 3, 32, [9, 0, 40]),  # a sequence without pages
+        (1, 4, 64, [300]),  # one kv head, one sequence: its keys in 8 parallel splits, merged
     ],
 )
 def test_decode_matches_tvm(h_kv, group, d, kvlens):
