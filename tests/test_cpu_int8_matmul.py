@@ -53,7 +53,11 @@ def _weights(fmt, n, k, rng):
     return [q, scale], q.reshape(n, nb, 32).astype(np.int32), scale, None
 
 
-def _reference(x, values, scale, mins):
+def _reference(x, values, scale, mins, residual=False):
+    if residual:  # two digits: x's rounding, then the rounding of what it left
+        xq, xd = _quantize_rows(x)
+        rest = (x - (xq.reshape(len(x), -1, 32) * xd[..., None]).reshape(x.shape)).astype(np.float32)
+        return _reference(x, values, scale, mins) + _reference(rest, values, scale, mins)
     xq, xd = _quantize_rows(x)
     m, k = x.shape
     dots = np.einsum("mbj,nbj->mnb", xq.reshape(m, -1, 32), values).astype(np.float64)
@@ -96,6 +100,40 @@ def test_kernel_matches_numpy(fmt, lead, n, isa):
     lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, *args]], y)
     ref = _reference(x.reshape(-1, k), values, scale, mins).reshape(*lead, n)
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+RESIDUAL_CASES = [
+    pytest.param(isa, lead, marks=pytest.mark.skipif(not _host_runs(isa), reason=f"host CPU lacks {isa}"))
+    for isa, lead in [("avx512", (1, 1)), ("avx512", (6, 1)), ("avx512", (1, 135)), ("avx2", (1, 1)), ("avx2", (1, 135))]
+]
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("isa, lead", RESIDUAL_CASES)
+def test_residual_activations_match_numpy_and_the_float_dot(fmt, lead, isa):
+    """Two int8 digits per activation block: the numpy model of the two digits, and about 100x
+    closer to the float32 dot of the dequantized weights than one digit."""
+    n, k = 80, 96
+    rng = np.random.default_rng(1)
+    func = cpu_int8_matmul.int8_matmul(fmt, n, k, isa=isa, residual=True).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGETS[isa])
+    x = rng.standard_normal((*lead, k)).astype(np.float32)
+    x[0, 0, :32] = 0
+    args, values, scale, mins = _weights(fmt, n, k, rng)
+    packed = PackedWeight(fmt, args[0], args[1], args[2] if fmt == "q4_1" else None)
+    args = [a for a in packed.interleaved_rows(group=16) if a is not None]
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((*lead, n), np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, *args]], y)
+    flat = x.reshape(-1, k)
+    ref = _reference(flat, values, scale, mins, residual=True).reshape(*lead, n)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    w = (values * scale.astype(np.float32)[..., None]).reshape(n, k)
+    if mins is not None:
+        w = w + np.repeat(mins.astype(np.float32), 32, axis=1)
+    exact = (flat.astype(np.float64) @ w.T.astype(np.float64)).reshape(*lead, n)
+    one_digit = _reference(flat, values, scale, mins).reshape(*lead, n)
+    assert np.abs(y.numpy() - exact).max() < np.abs(one_digit - exact).max() / 30
 
 
 def test_shapes_it_does_not_take_are_refused():

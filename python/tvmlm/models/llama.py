@@ -24,13 +24,15 @@ from .quant import QuantEmbedding, QuantLinear
 from .rope import apply_rope
 
 
-def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bias: bool = False) -> nn.Module:
-    """A dense nn.Linear, or a QuantLinear that keeps its weight packed (models/quant.py)."""
+def _linear(cfg: LlamaConfig, in_features: int, out_features: int, fmt: str, bias: bool = False,
+            residual: bool = False) -> nn.Module:
+    """A dense nn.Linear, or a QuantLinear that keeps its weight packed (models/quant.py);
+    `residual`: its int8 kernel carries the activations as two int8 digits."""
     if fmt == "f32":
         return nn.Linear(in_features, out_features, bias=bias)
     if fmt in HALF_FORMATS:
         return HalfLinear(in_features, out_features, fmt, bias=bias)
-    return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows)
+    return QuantLinear(in_features, out_features, fmt, bias=bias, interleave_rows=cfg.interleave_rows, residual=residual)
 
 
 def _format(cfg: LlamaConfig, name: str) -> str:
@@ -84,7 +86,9 @@ class MLP(nn.Module):
         self.act = cfg.hidden_act
         prefix = f"model.layers.{layer_id}.mlp"
         self.gate_up_proj = _linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, _format(cfg, f"{prefix}.gate_up_proj.weight"))
-        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, _format(cfg, f"{prefix}.down_proj.weight"))
+        # act(gate) * up is the least uniform activation: one int8 digit costs most of the KL there
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, _format(cfg, f"{prefix}.down_proj.weight"),
+                                 residual=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(_act_mul(self.gate_up_proj(x), self.intermediate_size, self.act))

@@ -74,8 +74,10 @@ def dequantize_blocks(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tens
     )
 
 
-def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor | None, n_out: int, k_in: int) -> Tensor:
-    """x @ dequantize(W).T as one kernel: a dequantize stage feeding the matmul stage."""
+def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor | None, n_out: int, k_in: int,
+                 residual: bool = False) -> Tensor:
+    """x @ dequantize(W).T as one kernel: a dequantize stage feeding the matmul stage. `residual`
+    names it for the int8 kernel's two-digit activations (cpu_int8_matmul.py)."""
 
     def compute(x: te.Tensor, q: te.Tensor, scale: te.Tensor, *mins: te.Tensor):
         m = mins[0] if mins else None
@@ -91,18 +93,18 @@ def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor 
         )
 
     args = [x, q, scale] + ([minimum] if minimum is not None else [])
-    return op.tensor_expr_op(compute, name_hint=f"{fmt}_matmul", args=args)
+    return op.tensor_expr_op(compute, name_hint=f"{fmt}_matmul" + ("_residual" if residual else ""), args=args)
 
 
 class _Packed(nn.Module):
     """The parameters of one packed [rows, cols] weight."""
 
-    def __init__(self, rows: int, cols: int, fmt: str, interleave_rows: bool = False):
+    def __init__(self, rows: int, cols: int, fmt: str, interleave_rows: bool = False, residual: bool = False):
         if fmt not in ("q4_1", "q8_0"):
             raise ValueError(f"packed weight format {fmt!r}; expected q4_1 or q8_0")
         if cols % BLOCK:
             raise ValueError(f"{cols} columns is not a multiple of the {BLOCK}-element block")
-        self.rows, self.cols, self.fmt = rows, cols, fmt
+        self.rows, self.cols, self.fmt, self.residual = rows, cols, fmt, residual
         dtype = "uint8" if fmt == "q4_1" else "int8"
         row_bytes = cols // 2 if fmt == "q4_1" else cols
         if interleave_rows and rows % ROW_GROUP == 0:
@@ -116,14 +118,16 @@ class _Packed(nn.Module):
         self.scale = nn.Parameter(scale_shape, "float16")
 
     def matmul(self, x: Tensor) -> Tensor:
-        return quant_matmul(x, self.fmt, self.q, self.scale, self.min, self.rows, self.cols)
+        return quant_matmul(x, self.fmt, self.q, self.scale, self.min, self.rows, self.cols, self.residual)
 
 
 class QuantLinear(_Packed):
-    """y = x @ dequantize(W).T (+ bias); parameters `q`, `scale` (+ `min`, `bias`)."""
+    """y = x @ dequantize(W).T (+ bias); parameters `q`, `scale` (+ `min`, `bias`). `residual`:
+    int8 kernels carry x as two int8 digits (cpu_int8_matmul.py)."""
 
-    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = False, interleave_rows: bool = False):
-        super().__init__(out_features, in_features, fmt, interleave_rows)
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = False, interleave_rows: bool = False,
+                 residual: bool = False):
+        super().__init__(out_features, in_features, fmt, interleave_rows, residual)
         self.bias = nn.Parameter((out_features,), "float32") if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
