@@ -11,9 +11,11 @@ from .cpu_attention_tir import LOG2E, NEG, in_window, start_online_softmax, tree
 from .fast_math import fast_exp2, reduce_lanes
 
 
-# Parallel tasks a decode step's attention aims for: key splits are added until (sequence, kv head,
-# split) reaches it (a machine's cores; more tasks than cores cost a merge, not balance).
+# A decode step with fewer (sequence, kv head) pairs than DECODE_TASKS splits each pair's keys in
+# KEY_SPLITS runs attended in parallel (constants: a split count computed at run time made LLVM
+# take 8x longer on the kernel).
 DECODE_TASKS = 8
+KEY_SPLITS = 4
 
 
 @T.macro
@@ -80,7 +82,7 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
     online float32 softmax. Sequences with no key get output 0 and lse ``-5e4``, as in the original.
 
     Key splits (flash-decoding): with fewer (sequence, kv head) pairs than ``DECODE_TASKS`` (one sequence of a
-    model with one or a few KV heads: Gemma 3 270M has one), each pair's keys are cut into up to that many runs
+    model with one or a few KV heads: Gemma 3 270M has one), each pair's keys are cut into ``KEY_SPLITS`` runs
     of whole tiles, attended in parallel into float32 partial outputs, then merged by their log-sum-exps.
     Without it one thread did a whole decode step's attention while the others waited."""
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
@@ -131,57 +133,73 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
 
         assert rotary_mode == 0, "tvmlm CPU attention: rotary_mode 1 (RopeMode.INLINE) is not supported"
 
-        with T.sblock("root"):
-            T.reads()
-            T.writes()
-            part = T.sblock_alloc_buffer((DECODE_TASKS * B, h_q, D), "float32")  # row: split * B + sequence
-            part_lse = T.sblock_alloc_buffer((DECODE_TASKS * B, h_q), "float32")
-            splits: T.let[T.int32] = T.min(DECODE_TASKS, T.max(1, (DECODE_TASKS + B * h_kv - 1) // T.max(B * h_kv, 1)))
-            for p in T.parallel(B * h_kv * splits):
+        if B * h_kv >= DECODE_TASKS:  # enough (sequence, kv head) pairs to keep every core busy
+            for p in T.parallel(B * h_kv):
                 with T.sblock("attn"):
                     T.reads()
                     T.writes()
-                    b: T.let[T.int32] = p // (h_kv * splits)
-                    hk: T.let[T.int32] = p // splits % h_kv
-                    sp: T.let[T.int32] = p % splits
+                    b: T.let[T.int32] = p // h_kv
+                    hk: T.let[T.int32] = p % h_kv
                     pg0: T.let[T.int32] = page_table_indptr[b]
                     pg1: T.let[T.int32] = page_table_indptr[b + 1]
                     kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
                     kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
-                    # this split's run of whole tiles (the first keeps the window's start inside its first tile)
-                    tile0: T.let[T.int32] = kbegin // TK
-                    per: T.let[T.int32] = ((kv_len + TK - 1) // TK - tile0 + splits - 1) // splits
-                    attend_pages(Q, part, part_lse, b, sp * B + b, b, hk, T.max(kbegin, (tile0 + sp * per) * TK),
-                                 T.min(kv_len, (tile0 + (sp + 1) * per) * TK), pages, page_table_values, pg0, length_info,
+                    attend_pages(Q, output, lse, b, b, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info,
                                  sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
-            for p in T.parallel(B * h_q):
-                with T.sblock("merge"):
-                    T.reads()
-                    T.writes()
-                    b: T.let[T.int32] = p // h_q
-                    h: T.let[T.int32] = p % h_q
-                    top = T.sblock_alloc_buffer((1,), "float32")
-                    total = T.sblock_alloc_buffer((1,), "float32")
-                    acc = T.sblock_alloc_buffer((D,), "float32")
-                    top[0] = T.float32(NEG)
-                    total[0] = T.float32(0)
-                    for sp in T.serial(splits):
-                        top[0] = T.max(top[0], part_lse[sp * B + b, h])
-                    for dd in T.vectorized(D):
-                        acc[dd] = T.float32(0)
-                    for sp in T.serial(splits):
-                        w: T.let[T.float32] = T.exp2(part_lse[sp * B + b, h] - top[0])
-                        total[0] = total[0] + w
+        else:
+            with T.sblock("root"):
+                T.reads()
+                T.writes()
+                part = T.sblock_alloc_buffer((KEY_SPLITS * B, h_q, D), "float32")  # row: split * B + sequence
+                part_lse = T.sblock_alloc_buffer((KEY_SPLITS * B, h_q), "float32")
+                for p in T.parallel(B * h_kv * KEY_SPLITS):
+                    with T.sblock("attn"):
+                        T.reads()
+                        T.writes()
+                        b: T.let[T.int32] = p // (h_kv * KEY_SPLITS)
+                        hk: T.let[T.int32] = p // KEY_SPLITS % h_kv
+                        sp: T.let[T.int32] = p % KEY_SPLITS
+                        pg0: T.let[T.int32] = page_table_indptr[b]
+                        pg1: T.let[T.int32] = page_table_indptr[b + 1]
+                        kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
+                        kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
+                        # this split's run of whole tiles (the first keeps the window's start inside its first tile)
+                        tile0: T.let[T.int32] = kbegin // TK
+                        per: T.let[T.int32] = ((kv_len + TK - 1) // TK - tile0 + KEY_SPLITS - 1) // KEY_SPLITS
+                        # bound once: a macro argument is substituted as an expression at every use
+                        k0: T.let[T.int32] = T.max(kbegin, (tile0 + sp * per) * TK)
+                        k1: T.let[T.int32] = T.min(kv_len, (tile0 + (sp + 1) * per) * TK)
+                        row: T.let[T.int32] = sp * B + b
+                        attend_pages(Q, part, part_lse, b, row, b, hk, k0, k1, pages, page_table_values, pg0, length_info,
+                                     sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+                for p in T.parallel(B * h_q):
+                    with T.sblock("merge"):
+                        T.reads()
+                        T.writes()
+                        b: T.let[T.int32] = p // h_q
+                        h: T.let[T.int32] = p % h_q
+                        top = T.sblock_alloc_buffer((1,), "float32")
+                        total = T.sblock_alloc_buffer((1,), "float32")
+                        acc = T.sblock_alloc_buffer((D,), "float32")
+                        top[0] = T.float32(NEG)
+                        total[0] = T.float32(0)
+                        for sp in T.unroll(KEY_SPLITS):
+                            top[0] = T.max(top[0], part_lse[sp * B + b, h])
                         for dd in T.vectorized(D):
-                            acc[dd] = acc[dd] + part[sp * B + b, h, dd] * w
-                    if top[0] > T.float32(NEG):
-                        for dd in T.vectorized(D):
-                            output[b, h, dd] = T.Cast(dtype, acc[dd] / total[0])
-                        lse[b, h] = top[0] + T.log2(total[0])
-                    else:  # no visible key in any split
-                        for dd in T.serial(D):
-                            output[b, h, dd] = T.Cast(dtype, T.float32(0))
-                        lse[b, h] = T.float32(NEG)
+                            acc[dd] = T.float32(0)
+                        for sp in T.unroll(KEY_SPLITS):
+                            w: T.let[T.float32] = T.exp2(part_lse[sp * B + b, h] - top[0])
+                            total[0] = total[0] + w
+                            for dd in T.vectorized(D):
+                                acc[dd] = acc[dd] + part[sp * B + b, h, dd] * w
+                        if top[0] > T.float32(NEG):
+                            for dd in T.vectorized(D):
+                                output[b, h, dd] = T.Cast(dtype, acc[dd] / total[0])
+                            lse[b, h] = top[0] + T.log2(total[0])
+                        else:  # no visible key in any split
+                            for dd in T.serial(D):
+                                output[b, h, dd] = T.Cast(dtype, T.float32(0))
+                            lse[b, h] = T.float32(NEG)
 
     return batch_decode_paged_kv
 
