@@ -32,15 +32,18 @@ def test_chat_sampling_defaults_and_flags():
 @pytest.mark.slow
 def test_readme_question_is_answered_without_loops(smollm2_engine):
     """The README's `tvmlm chat "What is the capital of France?"`: the CLI's sampling defaults and
-    repeat guard, ten runs (seeds 0-9, so the test is repeatable)."""
+    repeat guard, twenty runs (seeds 0-19, so the test is repeatable). The first token is a near
+    tie between "The" and a French "L'..." (0.08 logits apart in float32), so a few seeds answer
+    in French whatever the kernels: over seeds 0-39 Paris came in 35 of 40 answers (37 with one
+    int8 digit for every matmul); 10 seeds with a 9-of-10 bar flipped on any numeric change."""
     args = _parser().parse_args(["chat", "What is the capital of France?"])
     sampling = {"max_tokens": args.max_tokens, **chat_sampling(args, smollm2_engine.sampling_defaults)}
     answers = []
-    for seed in range(10):
+    for seed in range(20):
         out = io.StringIO()
         answer = chat_answer(smollm2_engine, [{"role": "user", "content": args.prompt}], {**sampling, "seed": seed}, out)
         assert out.getvalue() == answer + "\n"
         guard = RepeatGuard()
         assert not any(guard.feed(answer[i:i + 8]) for i in range(0, len(answer), 8)), answer
         answers.append(answer)
-    assert sum("Paris" in a for a in answers) >= 9, answers
+    assert sum("Paris" in a for a in answers) >= 16, answers
