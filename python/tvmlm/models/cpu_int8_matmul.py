@@ -49,7 +49,7 @@ from tvm.script import tirx as T
 
 from .cpu_features import llvm_has
 from .fast_math import reduce_lanes
-from .quant import BLOCK, ROW_GROUP
+from .quant import BLOCK, RESIDUAL_SUFFIX, ROW_GROUP
 
 TOKEN_UNROLL = 4  # activation rows sharing each unpacked weight vector (prefill, batches)
 #: Per ISA: row groups per prefill tile (AVX-512: 4 x 2 int32 + 4 x 2 float32 accumulators), and
@@ -104,7 +104,7 @@ def int8_matmul(fmt: str, n_out: int, k_in: int, isa: str = "avx512", residual: 
     """y[a, b, n] = x[a, b, :] . W[n, :] for W packed in `fmt` (q4_1 or q8_0) in the row-interleaved
     layout, and float32 x of any [a, b] (decode: [batch, 1, K]; prefill: [1, tokens, K]), with the
     instructions of `isa` ("avx512" or "avx2"). `residual`: each activation block is two int8
-    digits, its rounding and the rounding of what that left (see RESIDUAL)."""
+    digits, its rounding and the rounding of what that left (module docstring, "Residual activations")."""
     if fmt not in ("q4_1", "q8_0"):
         raise ValueError(f"int8 matmul format {fmt!r}; expected q4_1 or q8_0")
     if isa not in GROUP_UNROLL:
@@ -293,7 +293,6 @@ def int8_matmul(fmt: str, n_out: int, k_in: int, isa: str = "avx512", residual: 
 
 
 _OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must not merge other ops into this kernel
-RESIDUAL_SUFFIX = "_residual"  # quant_matmul name hint suffix: two int8 digits per activation block
 
 
 def _static_shape(ty) -> list[int | None] | None:

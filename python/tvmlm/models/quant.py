@@ -74,6 +74,11 @@ def dequantize_blocks(fmt: str, q: te.Tensor, scale: te.Tensor, minimum: te.Tens
     )
 
 
+# quant_matmul name hint suffix: the int8 kernel carries this matmul's activations as two int8
+# digits per block (cpu_int8_matmul.py)
+RESIDUAL_SUFFIX = "_residual"
+
+
 def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor | None, n_out: int, k_in: int,
                  residual: bool = False) -> Tensor:
     """x @ dequantize(W).T as one kernel: a dequantize stage feeding the matmul stage. `residual`
@@ -93,7 +98,7 @@ def quant_matmul(x: Tensor, fmt: str, q: Tensor, scale: Tensor, minimum: Tensor 
         )
 
     args = [x, q, scale] + ([minimum] if minimum is not None else [])
-    return op.tensor_expr_op(compute, name_hint=f"{fmt}_matmul" + ("_residual" if residual else ""), args=args)
+    return op.tensor_expr_op(compute, name_hint=f"{fmt}_matmul" + (RESIDUAL_SUFFIX if residual else ""), args=args)
 
 
 class _Packed(nn.Module):
