@@ -89,11 +89,12 @@ def test_gguf_without_chat_template_gets_the_turn_format_its_vocabulary_implies(
 
 
 def test_chatml_fallback_and_end_of_turn_ids():
-    from tvmlm.weights.gguf_chat import end_of_turn_ids, fallback_chat_template
+    from tvmlm.weights.gguf_chat import end_of_turn_ids, fallback_chat_template, special_tokens
 
     tokens = ["<unk>", "<|im_start|>", "<|im_end|>", "hi", "<|endoftext|>"]
-    name, template = fallback_chat_template(tokens, [2, 3, 3, 1, 3])
+    name, template = fallback_chat_template(special_tokens(tokens, [2, 3, 3, 1, 3]))
     assert name == "chatml" and "<|im_start|>" in template
-    assert end_of_turn_ids(tokens, [2, 3, 3, 1, 3]) == [2, 4]
+    assert end_of_turn_ids(special_tokens(tokens, [2, 3, 3, 1, 3])) == [2, 4]
     # only special (control / user-defined) tokens count: a normal piece spelled "<|im_end|>" does not
-    assert fallback_chat_template(tokens, [2, 3, 1, 1, 3]) is None and end_of_turn_ids(tokens, [2, 3, 1, 1, 1]) == []
+    assert fallback_chat_template(special_tokens(tokens, [2, 3, 1, 1, 3])) is None
+    assert end_of_turn_ids(special_tokens(tokens, [2, 3, 1, 1, 1])) == []

@@ -11,11 +11,11 @@ from typing import Any, Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-from gguf import GGUFReader
+from gguf import GGUFReader, TokenType
 from gguf.quants import dequantize
 
 from . import gguf_blocks
-from .gguf_chat import end_of_turn_ids, fallback_chat_template
+from .gguf_chat import end_of_turn_ids, fallback_chat_template, special_tokens
 from .check_gguf import check_gguf_required
 from .gguf_archs import BLOCK_NAMES as _ARCH_BLOCK_NAMES
 from .gguf_archs import CONFIG_TENSORS as _CONFIG_TENSORS
@@ -239,7 +239,6 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 # tokenizer.ggml.model values: byte-level BPE, SentencePiece (weights/gguf_sentencepiece.py)
 TOKENIZER_MODELS = ("gpt2", "llama")
 
@@ -281,7 +280,7 @@ def build_tokenizer(meta: _Metadata):
         tok.post_processor = _special_token_processor(meta, tokens)
         return tok
 
-    types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [TokenType.NORMAL] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     pre = meta.get("tokenizer.ggml.pre")
 
@@ -297,9 +296,9 @@ def build_tokenizer(meta: _Metadata):
     # Control tokens (<|im_start|>, ...) must match whole in text and be skippable when decoding;
     # user-defined ones (<think>, ...) match whole but stay ordinary text.
     added = [
-        AddedToken(t, special=ty == _CONTROL, normalized=False)
+        AddedToken(t, special=ty == TokenType.CONTROL, normalized=False)
         for t, ty in zip(tokens, types)
-        if ty in (_CONTROL, _USER_DEFINED)
+        if ty in (TokenType.CONTROL, TokenType.USER_DEFINED)
     ]
     tok.add_special_tokens([a for a in added if a.special])
     tok.add_tokens([a for a in added if not a.special])
@@ -360,9 +359,9 @@ def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
         i = meta.get(f"tokenizer.ggml.{key}")
         return None if i is None else tokens[i]
 
-    types = meta.get("tokenizer.ggml.token_type")
+    specials = special_tokens(tokens, meta.get("tokenizer.ggml.token_type"))
     template = meta.get("tokenizer.chat_template")
-    if not template and (fallback := fallback_chat_template(tokens, types)) is not None:
+    if not template and (fallback := fallback_chat_template(specials)) is not None:
         logger.warning("the GGUF has no chat template; using the %s turn format its vocabulary's "
                        "special tokens imply", fallback[0])
         template = fallback[1]
@@ -385,6 +384,6 @@ def write_tokenizer_dir(meta: _Metadata, config: dict, out: Path) -> None:
         i
         for k in ("eos_token_id", "eot_token_id", "eom_token_id")
         if (i := meta.get(f"tokenizer.ggml.{k}")) is not None
-    ] + end_of_turn_ids(tokens, types)
+    ] + end_of_turn_ids(specials)
     gen = {"bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": list(dict.fromkeys(eos))}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))

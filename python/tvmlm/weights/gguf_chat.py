@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from gguf import TokenType
+
 # Gemma's turn format (as in its HF tokenizer_config): a system message is prefixed to the first
 # user turn; the assistant's role is "model".
 GEMMA_TEMPLATE = (
@@ -51,25 +53,21 @@ _FALLBACKS = (
 # Tokens that end a turn in the common chat formats (llama.cpp's end-of-generation set).
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>", "<EOT>")
 
-_CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values of special tokens
+def special_tokens(tokens: Sequence[str], token_types: Sequence[int] | None) -> dict[str, int]:
+    """Control / user-defined tokens spelled <...>, by text (every such token when the file has no
+    types): what the two functions below look in."""
+    special = (TokenType.CONTROL, TokenType.USER_DEFINED)
+    return {t: i for i, t in enumerate(tokens) if (token_types is None or token_types[i] in special) and t.startswith("<")}
 
 
-def _specials(tokens: Sequence[str], token_types: Sequence[int] | None) -> dict[str, int]:
-    """Control / user-defined tokens by text (every token when the file has no types)."""
-    return {t: i for i, t in enumerate(tokens)
-            if (token_types is None or token_types[i] in (_CONTROL, _USER_DEFINED)) and t.startswith("<")}
-
-
-def fallback_chat_template(tokens: Sequence[str], token_types: Sequence[int] | None) -> tuple[str, str] | None:
-    """(format name, jinja template) the vocabulary implies, or None."""
-    specials = _specials(tokens, token_types)
+def fallback_chat_template(specials: dict[str, int]) -> tuple[str, str] | None:
+    """(format name, jinja template) the vocabulary's special tokens imply, or None."""
     for name, needed, template in _FALLBACKS:
         if all(t in specials for t in needed):
             return name, template
     return None
 
 
-def end_of_turn_ids(tokens: Sequence[str], token_types: Sequence[int] | None) -> list[int]:
-    """Ids of the end-of-turn tokens the vocabulary holds as special tokens."""
-    specials = _specials(tokens, token_types)
+def end_of_turn_ids(specials: dict[str, int]) -> list[int]:
+    """Ids of the end-of-turn tokens among the vocabulary's special tokens."""
     return [specials[t] for t in END_OF_TURN_TOKENS if t in specials]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+from gguf import TokenType
+
 _GEMMA = ("gemma", "gemma2", "gemma3")
 
 
@@ -45,7 +46,7 @@ def build_sentencepiece_tokenizer(meta: Any, arch: str):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     pieces: list[str] = list(meta.get("tokenizer.ggml.tokens"))
-    types: list[int] = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(pieces)
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [TokenType.NORMAL] * len(pieces)
     gemma = arch in _GEMMA
     if gemma:
         # pieces of two or more spaces are stored as spaces; the normalizer spells spaces as ▁
@@ -75,6 +76,6 @@ def build_sentencepiece_tokenizer(meta: Any, arch: str):
     tok.decoder = decoders.Sequence(decode)
     # control pieces (<s>, <start_of_turn>, ...) match whole and are skippable when decoding;
     # user-defined ones match whole but stay text
-    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, t in zip(pieces, types) if t == _CONTROL])
-    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p, t in zip(pieces, types) if t == _USER_DEFINED])
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, t in zip(pieces, types) if t == TokenType.CONTROL])
+    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p, t in zip(pieces, types) if t == TokenType.USER_DEFINED])
     return tok
