@@ -94,6 +94,27 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
     NQ = D // VQ
     global_symbol = "batch_decode_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
 
+    @T.macro
+    def attend_task(Q, pages, page_table_indptr, page_table_values, length_info, k_rope_pos_offset, q_rope_position,
+                    sm_scale, out, out_lse, out_row, b, hk, sp, splits):
+        """Sequence b, kv head hk into out[out_row]: all its visible keys (splits == 1), or run sp of `splits`
+        runs of whole tiles (the first keeps the window's start inside its first tile)."""
+        pg0: T.let[T.int32] = page_table_indptr[b]
+        pg1: T.let[T.int32] = page_table_indptr[b + 1]
+        kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
+        kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
+        if splits == 1:
+            attend_pages(Q, out, out_lse, b, out_row, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info,
+                         sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+        else:
+            tile0: T.let[T.int32] = kbegin // TK
+            per: T.let[T.int32] = ((kv_len + TK - 1) // TK - tile0 + splits - 1) // splits
+            # bound once: a macro argument is substituted as an expression at every use
+            k0: T.let[T.int32] = T.max(kbegin, (tile0 + sp * per) * TK)
+            k1: T.let[T.int32] = T.min(kv_len, (tile0 + (sp + 1) * per) * TK)
+            attend_pages(Q, out, out_lse, b, out_row, b, hk, k0, k1, pages, page_table_values, pg0, length_info,
+                         sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+
     # pylint: disable=too-many-locals,too-many-statements
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -140,12 +161,8 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
                     T.writes()
                     b: T.let[T.int32] = p // h_kv
                     hk: T.let[T.int32] = p % h_kv
-                    pg0: T.let[T.int32] = page_table_indptr[b]
-                    pg1: T.let[T.int32] = page_table_indptr[b + 1]
-                    kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
-                    kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
-                    attend_pages(Q, output, lse, b, b, b, hk, kbegin, kv_len, pages, page_table_values, pg0, length_info,
-                                 sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+                    attend_task(Q, pages, page_table_indptr, page_table_values, length_info, k_rope_pos_offset, q_rope_position,
+                                sm_scale, output, lse, b, b, hk, 0, 1)
         else:
             with T.sblock("root"):
                 T.reads()
@@ -159,19 +176,9 @@ def decode_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, sliding_window: bo
                         b: T.let[T.int32] = p // (h_kv * KEY_SPLITS)
                         hk: T.let[T.int32] = p // KEY_SPLITS % h_kv
                         sp: T.let[T.int32] = p % KEY_SPLITS
-                        pg0: T.let[T.int32] = page_table_indptr[b]
-                        pg1: T.let[T.int32] = page_table_indptr[b + 1]
-                        kv_len: T.let[T.int32] = T.if_then_else(pg0 != pg1, _get_kv_chunk_len(pg1 - pg0, page_size, b, length_info, sliding_window), 0)
-                        kbegin: T.let[T.int32] = window_begin(sm_scale, q_rope_position[b], k_rope_pos_offset[b], window)
-                        # this split's run of whole tiles (the first keeps the window's start inside its first tile)
-                        tile0: T.let[T.int32] = kbegin // TK
-                        per: T.let[T.int32] = ((kv_len + TK - 1) // TK - tile0 + KEY_SPLITS - 1) // KEY_SPLITS
-                        # bound once: a macro argument is substituted as an expression at every use
-                        k0: T.let[T.int32] = T.max(kbegin, (tile0 + sp * per) * TK)
-                        k1: T.let[T.int32] = T.min(kv_len, (tile0 + (sp + 1) * per) * TK)
                         row: T.let[T.int32] = sp * B + b
-                        attend_pages(Q, part, part_lse, b, row, b, hk, k0, k1, pages, page_table_values, pg0, length_info,
-                                     sliding_window, sm_scale, G, TK, D, VQ, NQ, page_size, dtype, window)
+                        attend_task(Q, pages, page_table_indptr, page_table_values, length_info, k_rope_pos_offset,
+                                    q_rope_position, sm_scale, part, part_lse, row, b, hk, sp, KEY_SPLITS)
                 for p in T.parallel(B * h_q):
                     with T.sblock("merge"):
                         T.reads()
